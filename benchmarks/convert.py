@@ -1,0 +1,91 @@
+"""Converter throughput beside its limit, PNG decoding, measured in the same run.
+
+    python -m benchmarks.convert                       # generates a synthetic tree first
+    python -m benchmarks.convert --input_dir=~/data/IDC --num_workers=8
+
+Reports the converter's patches/s (the whole `convert_tree`: scan, split, decode, write, manifest)
+and the single-process PIL decode rate of the same files; their ratio against the ideal
+`num_workers x decode rate` says how much the converter loses to everything that is not
+decoding. Repetitions alternate decode and convert so both see the same machine load.
+"""
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from benchmarks.report import BenchmarkReport
+from idc_engine import convert, kaggle_tree, synthetic
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("input_dir", None, "A Kaggle-layout tree; default: generate a synthetic one.")
+flags.DEFINE_integer("num_patients", 120, "Patients of the generated tree.")
+flags.DEFINE_integer("patches_per_patient", 250, "Mean patches per patient of the generated tree.")
+flags.DEFINE_integer("num_workers", 0, "Converter workers; 0 = one per available core.")
+flags.DEFINE_integer("repeats", 3, "Timed repetitions (median reported) after one warm-up.")
+flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
+flags.DEFINE_string("work_dir", None, "Scratch space for trees and shards; default: a temp dir.")
+
+
+def decode_all(paths: list[str]) -> None:
+    """The limit: one process decoding every PNG to a numpy array, nothing else."""
+    for path in paths:
+        with Image.open(path) as image:
+            image.load()
+            np.asarray(image)
+
+
+def main(argv) -> None:
+    del argv
+    work = FLAGS.work_dir or tempfile.mkdtemp(prefix="idc_bench_convert_")
+    input_dir = FLAGS.input_dir
+    if input_dir is None:
+        input_dir = os.path.join(work, "tree")
+        if not os.path.isdir(input_dir):
+            start = time.perf_counter()
+            p = FLAGS.patches_per_patient
+            summary = synthetic.write_dataset(input_dir, num_patients=FLAGS.num_patients, seed=0,
+                                              min_patches=p // 2, max_patches=p * 3 // 2)
+            print(f"generated {summary['num_patches']:,} patches in "
+                  f"{time.perf_counter() - start:.1f} s into {input_dir}")
+    listing = kaggle_tree.scan_tree(input_dir)
+    paths = [os.path.join(input_dir, p.paths[0]) for p in listing.patches]
+    workers = FLAGS.num_workers or len(os.sched_getaffinity(0))
+    out = os.path.join(work, "tfrecords")
+
+    def run_convert():
+        convert.convert_tree(input_dir, out, num_workers=workers, overwrite=True, progress=False)
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return len(paths) / (time.perf_counter() - start)
+
+    decode_all(paths)  # warm-up: page cache, imports
+    run_convert()
+    decode_rates, convert_rates = [], []
+    for _ in range(FLAGS.repeats):
+        decode_rates.append(timed(lambda: decode_all(paths)))
+        convert_rates.append(timed(run_convert))
+    decode_rate = statistics.median(decode_rates)
+    convert_rate = statistics.median(convert_rates)
+
+    report = BenchmarkReport("convert", FLAGS.output_dir, config={
+        "input_dir": input_dir, "num_patches": len(paths), "num_workers": workers,
+        "repeats": FLAGS.repeats, "cores": len(os.sched_getaffinity(0))})
+    report.add("decode_single_process_patches_per_s", decode_rate, all=decode_rates)
+    report.add("convert_patches_per_s", convert_rate, all=convert_rates)
+    report.add("num_workers", workers)
+    report.add("convert_vs_ideal_workers_x_decode", convert_rate / (workers * decode_rate))
+    report.write()
+    if FLAGS.work_dir is None:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    app.run(main)

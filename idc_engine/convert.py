@@ -1,0 +1,375 @@
+"""Converts the Kaggle IDC download into patient-sharded TFRecords with a manifest.
+
+    python -m idc_engine.convert --input_dir=~/data/IDC --output_dir=~/data/idc_tfrecords
+    python -m idc_engine.convert --verify --output_dir=~/data/idc_tfrecords
+
+Phases: scan the tree (names only, fast) -> assign patients to splits -> pack each split's
+patients into shards -> decode and write the shards in parallel worker processes (staging
+folder) -> move them into place -> write `manifest.json` last. A run stopped at any point leaves
+no manifest, so nothing that looks complete. Record schema: idc_engine/records.py; manifest
+layout: idc_engine/manifest.py.
+"""
+
+import collections
+import concurrent.futures
+import datetime
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+
+from absl import app, flags
+
+from idc_engine import kaggle_tree, manifest as manifest_lib, records, shard_writer, splits
+
+STAGING_PREFIX = ".convert-staging-"
+IMAGE_ENCODINGS = ("raw", "png")
+VERSION = "0.1.0"
+
+
+class ConversionError(RuntimeError):
+    """The conversion cannot go on; the message says which file or flag and what to do."""
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("input_dir", None, "The Kaggle download: its root or its "
+                        "IDC_regular_ps50_idx5/ folder. Each patch (patient, x, y) is counted once.")
+    flags.DEFINE_string("output_dir", None, "Where the TFRecord shards and manifest.json go.")
+    flags.DEFINE_enum("split", "patients", splits.SPLIT_MODES,
+                      "patients: random patient split stratified by IDC ratio "
+                      "(--val_fraction, --test_fraction, --seed). janowczyk2016: the published "
+                      "84/29/49-patient split of Cruz-Roa 2014 / Janowczyk 2016; other patients "
+                      "are reported and left out.")
+    flags.DEFINE_string("split_file", None, "A JSON object {patient: train|val|test}; overrides "
+                        "--split. Patients not in it are reported and left out.")
+    flags.DEFINE_float("val_fraction", 0.1, "Fraction of patients for validation (--split=patients).")
+    flags.DEFINE_float("test_fraction", 0.1, "Fraction of patients for test (--split=patients).")
+    flags.DEFINE_integer("seed", 0, "Seed of the patient split and of the record order in shards.")
+    flags.DEFINE_integer("num_shards", 0, "Shards per split; 0 = from --shard_size_mb and "
+                         "--min_shards. Never more than the split's patients (one patient, one shard).")
+    flags.DEFINE_float("shard_size_mb", 64.0, "Target shard size when --num_shards=0.")
+    flags.DEFINE_integer("min_shards", 8, "Least shards per split when --num_shards=0, so that "
+                         "many input workers can each read distinct files.")
+    flags.DEFINE_enum("image_encoding", "raw", IMAGE_ENCODINGS, "raw: uint8 HWC bytes (fastest "
+                      "to read); png: the PNG bytes (about 2.5x smaller files, slower to read).")
+    flags.DEFINE_integer("num_workers", 0, "Worker processes; 0 = one per available core.")
+    flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --output_dir.")
+    flags.DEFINE_bool("verify", False, "Only re-read every shard of --output_dir and check it "
+                      "against manifest.json.")
+    flags.DEFINE_bool("progress", True, "Show a progress line with patches/s on stderr.")
+
+
+# --- planning ------------------------------------------------------------------------------
+
+def assign_splits(listing, mode: str, split_file: str | None, val_fraction: float,
+                  test_fraction: float, seed: int) -> tuple[splits.PatientSplit, dict]:
+    """Patient -> split for the scanned patches, and the settings that produced it."""
+    counts = collections.Counter(p.patient for p in listing.patches)
+    positives = collections.Counter(p.patient for p in listing.patches if p.label)
+    if split_file:
+        settings = {"mode": "file", "split_file": os.path.abspath(split_file)}
+        return splits.restrict_to_data(splits.split_from_file(split_file), counts), settings
+    if mode == "janowczyk2016":
+        settings = {"mode": mode}
+        return splits.restrict_to_data(splits.published_split(mode), counts), settings
+    settings = {"mode": mode, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                "seed": seed, "stratified_by": "patient IDC ratio"}
+    ratio = {p: positives[p] / counts[p] for p in counts}
+    return splits.stratified_patient_split(ratio, val_fraction, test_fraction, seed), settings
+
+
+def plan_shards(listing, assignment: dict[str, str], staging: str, input_dir: str,
+                num_shards: int, shard_size_mb: float, min_shards: int, image_encoding: str,
+                seed: int) -> list[shard_writer.ShardTask]:
+    by_patient = collections.defaultdict(list)
+    for p in listing.patches:
+        if p.patient in assignment:
+            by_patient[p.patient].append((p.patient, p.x, p.y, p.label, p.paths))
+    # raw records are ~7.6 KB; PNG ones about 40% of that
+    bytes_per_example = 7600 if image_encoding == "raw" else 3000
+    tasks = []
+    for split in manifest_lib.SPLITS:
+        sizes = {p: len(v) for p, v in by_patient.items() if assignment[p] == split}
+        if not sizes:
+            continue
+        n = num_shards or splits.auto_num_shards(
+            sum(sizes.values()), bytes_per_example, shard_size_mb, min_shards)
+        groups = splits.pack_patients_into_shards(sizes, n)
+        for index, group in enumerate(groups):
+            name = f"{split}-{index:05d}-of-{len(groups):05d}.tfrecord"
+            tasks.append(shard_writer.ShardTask(
+                split=split, index=index, path=os.path.join(staging, name), input_dir=input_dir,
+                patches=[patch for patient in group for patch in by_patient[patient]],
+                image_encoding=image_encoding, seed=seed, with_stats=(split == "train")))
+    return tasks
+
+
+# --- running -------------------------------------------------------------------------------
+
+class _Progress:
+    """One stderr line: patches done, patches/s, ETA. Redrawn on a terminal, logged otherwise."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled
+        self.start = self.last_print = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def show(self, done: int, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or not (final or self.tty or now - self.last_print >= 10):
+            return
+        self.last_print = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        width = 30
+        bar = "#" * int(width * done / max(self.total, 1))
+        line = (f"[{bar:<{width}}] {done:,}/{self.total:,} patches  {rate:,.0f} patches/s"
+                + ("" if final else f"  ETA {eta:,.0f}s"))
+        end = "\n" if final or not self.tty else ""
+        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+
+
+def run_tasks(tasks, num_workers: int, progress: _Progress) -> list[shard_writer.ShardResult]:
+    """Writes the shards, largest first, in `num_workers` spawned processes (1 = in-process)."""
+    tasks = sorted(tasks, key=lambda t: -len(t.patches))
+    if num_workers == 1:
+        results = []
+        for task in tasks:
+            results.append(shard_writer.write_shard(task))
+            progress.show(sum(r.num_examples + len(r.skipped) for r in results))
+        return results
+    # spawn, not fork: the parent may hold TensorFlow's threads (tests, notebooks), and a fork
+    # of those can deadlock; workers import only numpy and PIL.
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    with concurrent.futures.ProcessPoolExecutor(
+            num_workers, mp_context=context, initializer=shard_writer.init_worker,
+            initargs=(counter,)) as pool:
+        pending = {pool.submit(shard_writer.write_shard, task) for task in tasks}
+        results = []
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=0.5)
+            results.extend(f.result() for f in done)
+            progress.show(counter.value)
+    return results
+
+
+# --- output --------------------------------------------------------------------------------
+
+def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConversionError(f"--output_dir {output_dir!r} exists and is not a directory")
+    entries = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    if entries and not overwrite:
+        what = ("an interrupted conversion" if all(e.startswith(STAGING_PREFIX) for e in entries)
+                else "a previous conversion" if manifest_lib.MANIFEST_NAME in entries
+                else f"{len(entries)} entries")
+        raise ConversionError(f"--output_dir {output_dir!r} is not empty (it holds {what}); "
+                              "pass --overwrite to replace it, or choose another directory")
+    os.makedirs(output_dir, exist_ok=True)
+
+
+def replace_previous_output(output_dir: str) -> None:
+    """Removes a previous conversion's manifest (first) and its shards, and stale staging."""
+    try:
+        previous = manifest_lib.load_manifest(output_dir)
+    except manifest_lib.ManifestError:
+        previous = {}
+    manifest_file = manifest_lib.manifest_path(output_dir)
+    if os.path.exists(manifest_file):
+        os.remove(manifest_file)  # from here on the directory no longer looks complete
+    for info in previous.get("splits", {}).values():
+        for name in info.get("files", []):
+            path = os.path.join(output_dir, name)
+            if os.path.isfile(path):
+                os.remove(path)
+
+
+def channel_stats(results) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0..255) of the unpadded pixels of the train split."""
+    count = sum(r.pixel_count for r in results)
+    if not count:
+        return [], []
+    sums = [sum(r.channel_sum[c] for r in results) for c in range(3)]
+    sums_sq = [sum(r.channel_sum_sq[c] for r in results) for c in range(3)]
+    mean = [s / count for s in sums]
+    std = [math.sqrt(max(sq / count - m * m, 0.0)) for sq, m in zip(sums_sq, mean)]
+    return [round(m, 4) for m in mean], [round(s, 4) for s in std]
+
+
+def build_manifest(listing, patient_split, settings, results, input_dir, image_encoding) -> dict:
+    split_entries = {}
+    for split in manifest_lib.SPLITS:
+        shards = sorted((r for r in results if r.split == split), key=lambda r: r.index)
+        if not shards:
+            continue
+        split_entries[split] = {
+            "files": [os.path.basename(r.path) for r in shards],
+            "num_examples": sum(r.num_examples for r in shards),
+            "num_positive": sum(r.num_positive for r in shards),
+            "patients": sorted({p for r in shards for p in r.patients}),
+            "shards": [{"file": os.path.basename(r.path), "num_examples": r.num_examples,
+                        "num_positive": r.num_positive, "num_bytes": r.num_bytes,
+                        "patients": r.patients} for r in shards],
+        }
+    skipped = listing.skipped + [s for r in results for s in r.skipped]
+    padded = sorted((p for r in results for p in r.padded), key=lambda p: p["path"])
+    mean, std = channel_stats([r for r in results if r.split == "train"])
+    return {
+        "schema_version": manifest_lib.SCHEMA_VERSION,
+        "image_shape": list(records.IMAGE_SHAPE),
+        "image_encoding": image_encoding,
+        "features": records.FEATURES,
+        "pad_value": shard_writer.PAD_VALUE,
+        "splits": split_entries,
+        "train_channel_mean": mean,
+        "train_channel_std": std,
+        "split_settings": settings,
+        "excluded_patients": patient_split.excluded,
+        "missing_patients": patient_split.missing,
+        "num_skipped": len(skipped),
+        "skipped": sorted(skipped, key=lambda s: s["path"]),
+        "num_padded": len(padded),
+        "padded": padded,
+        "num_duplicates": listing.num_duplicates,
+        "ignored_files": listing.ignored,
+        "input": {"dir": os.path.abspath(input_dir), "num_png_files": listing.num_png_files,
+                  "num_unique_patches": len(listing.patches), "fingerprint": listing.fingerprint},
+        "created_by": f"idc_engine.convert {VERSION}",
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
+                 split_file: str | None = None, val_fraction: float = 0.1,
+                 test_fraction: float = 0.1, seed: int = 0, num_shards: int = 0,
+                 shard_size_mb: float = 64.0, min_shards: int = 8, image_encoding: str = "raw",
+                 num_workers: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
+    """Converts `input_dir` into shards and a manifest in `output_dir`; returns the manifest."""
+    if image_encoding not in IMAGE_ENCODINGS:
+        raise ConversionError(f"--image_encoding must be one of {IMAGE_ENCODINGS}")
+    if num_shards < 0 or min_shards < 1 or shard_size_mb <= 0:
+        raise ConversionError("--num_shards must be >= 0, --min_shards >= 1, --shard_size_mb > 0")
+    if not os.path.isdir(input_dir):
+        raise ConversionError(f"--input_dir {input_dir!r} is not a directory")
+    if os.path.abspath(output_dir) == os.path.abspath(input_dir):
+        raise ConversionError("--output_dir must differ from --input_dir")
+    prepare_output_dir(output_dir, overwrite)
+    start = time.perf_counter()
+
+    listing = kaggle_tree.scan_tree(input_dir)
+    if not listing.patches:
+        raise ConversionError(f"no patches named <patient>_idx5_x<X>_y<Y>_class<C>.png found "
+                              f"under --input_dir {input_dir!r}")
+    try:
+        patient_split, settings = assign_splits(listing, split, split_file, val_fraction,
+                                                test_fraction, seed)
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
+    if not patient_split.assignment:
+        raise ConversionError("no patient of the data is in the chosen split lists "
+                              f"({settings['mode']}); check --split / --split_file")
+
+    for entry in os.listdir(output_dir):  # a previous interrupted run's leftovers
+        if entry.startswith(STAGING_PREFIX):
+            shutil.rmtree(os.path.join(output_dir, entry))
+    staging = os.path.join(output_dir, f"{STAGING_PREFIX}{os.getpid()}")
+    os.makedirs(staging)
+    tasks = plan_shards(listing, patient_split.assignment, staging, input_dir, num_shards,
+                        shard_size_mb, min_shards, image_encoding, seed)
+    total = sum(len(t.patches) for t in tasks)
+    workers = num_workers or len(os.sched_getaffinity(0))
+    workers = max(1, min(workers, len(tasks)))
+    bar = _Progress(total, progress)
+    results = run_tasks(tasks, workers, bar)
+    bar.show(total, final=True)
+
+    manifest = build_manifest(listing, patient_split, settings, results, input_dir,
+                              image_encoding)
+    replace_previous_output(output_dir)
+    for result in results:
+        os.replace(result.path, os.path.join(output_dir, os.path.basename(result.path)))
+    os.rmdir(staging)
+    manifest_lib.write_manifest(output_dir, manifest)
+    seconds = time.perf_counter() - start
+    manifest["conversion"] = {"seconds": seconds, "num_workers": workers,
+                              "patches_per_s": total / seconds}
+    return manifest
+
+
+# --- reporting -----------------------------------------------------------------------------
+
+def format_report(manifest: dict, output_dir: str) -> str:
+    lines = [f"Converted into {output_dir} ({manifest['image_encoding']} images):", "",
+             f"  {'split':<6} {'patients':>8} {'patches':>9} {'IDC':>8} {'IDC %':>6} {'shards':>6}"]
+    for split, info in manifest["splits"].items():
+        n, pos = info["num_examples"], info["num_positive"]
+        lines.append(f"  {split:<6} {len(info['patients']):>8} {n:>9,} {pos:>8,} "
+                     f"{100 * pos / max(n, 1):>6.1f} {len(info['files']):>6}")
+    settings = manifest["split_settings"]
+    lines += ["", f"  split: {', '.join(f'{k}={v}' for k, v in settings.items())}",
+              f"  PNG files seen: {manifest['input']['num_png_files']:,}; unique patches: "
+              f"{manifest['input']['num_unique_patches']:,}; duplicate copies: "
+              f"{manifest['num_duplicates']:,}",
+              f"  undersized patches padded to 50x50 (white, bottom/right): {manifest['num_padded']:,}",
+              f"  ignored: {manifest['ignored_files']['litter']:,} litter files "
+              f"(.DS_Store, Thumbs.db, ._*), {manifest['ignored_files']['other']:,} non-PNG files"]
+    if manifest["excluded_patients"] or manifest["missing_patients"]:
+        lines.append(f"  patients left out (not in the split lists): "
+                     f"{len(manifest['excluded_patients'])}; listed but not in the data: "
+                     f"{len(manifest['missing_patients'])}")
+    reasons = collections.Counter(s["reason"].split(" (")[0].split(":")[0]
+                                  for s in manifest["skipped"])
+    lines.append(f"  skipped files: {manifest['num_skipped']:,}"
+                 + "".join(f"\n    {count:>6,}  {reason}" for reason, count in reasons.items()))
+    if manifest["train_channel_mean"]:
+        lines.append(f"  train channel mean / std: {manifest['train_channel_mean']} / "
+                     f"{manifest['train_channel_std']}")
+    if "conversion" in manifest:
+        c = manifest["conversion"]
+        lines.append(f"  {c['seconds']:.1f} s with {c['num_workers']} workers: "
+                     f"{c['patches_per_s']:,.0f} patches/s")
+    return "\n".join(lines)
+
+
+def main(argv) -> int:
+    del argv
+    f = flags.FLAGS
+    if not f.output_dir:
+        raise app.UsageError("--output_dir is required")
+    if f.verify:
+        from idc_engine import verify  # TensorFlow is needed only here
+        problems = verify.verify_conversion(f.output_dir)
+        if problems:
+            print(f"{f.output_dir}: {len(problems)} problems", file=sys.stderr)
+            for problem in problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 1
+        print(f"{f.output_dir}: every shard matches manifest.json")
+        return 0
+    if not f.input_dir:
+        raise app.UsageError("--input_dir is required (or --verify)")
+    try:
+        manifest = convert_tree(
+            os.path.expanduser(f.input_dir), os.path.expanduser(f.output_dir), split=f.split,
+            split_file=f.split_file, val_fraction=f.val_fraction, test_fraction=f.test_fraction,
+            seed=f.seed, num_shards=f.num_shards, shard_size_mb=f.shard_size_mb,
+            min_shards=f.min_shards, image_encoding=f.image_encoding, num_workers=f.num_workers,
+            overwrite=f.overwrite, progress=f.progress)
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(manifest, f.output_dir))
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point (idc-convert)."""
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

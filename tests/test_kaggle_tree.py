@@ -1,0 +1,88 @@
+"""File-name parsing and tree scanning of the Kaggle layout."""
+
+import os
+
+import pytest
+
+from idc_engine import kaggle_tree
+from idc_engine.kaggle_tree import PatchName, parse_patch_name
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("10253_idx5_x1001_y1051_class0.png", PatchName("10253", 1001, 1051, 0)),
+    ("8863_idx5_x51_y2401_class1.png", PatchName("8863", 51, 2401, 1)),
+    ("8863_idx5_x51_y2401_class1.PNG", PatchName("8863", 51, 2401, 1)),
+])
+def test_parse_patch_name_reads_patient_position_and_label(name, expected):
+    assert parse_patch_name(name) == expected
+
+
+@pytest.mark.parametrize("name", [
+    "10253_idx5_x1001_class0.png",          # no y
+    "10253_idx5_x1001_y1051_class2.png",    # not a binary label
+    "10253_idx5_x1001_y1051_class0.jpg",
+    "abc_idx5_x1001_y1051_class0.png",
+    "._10253_idx5_x1001_y1051_class0.png",  # AppleDouble litter
+    "10253_idx5_x-1_y1051_class0.png",
+    "notes.png",
+])
+def test_parse_patch_name_rejects_other_names(name):
+    assert parse_patch_name(name) is None
+
+
+@pytest.mark.parametrize("name, litter", [
+    (".DS_Store", True), ("Thumbs.db", True), ("._9036_idx5_x1_y1_class0.png", True),
+    ("desktop.ini", True), ("9036_idx5_x1_y1_class0.png", False), ("README.txt", False)])
+def test_is_litter(name, litter):
+    assert kaggle_tree.is_litter(name) is litter
+
+
+def _touch(root, rel, content=b"x"):
+    path = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(content)
+
+
+def test_scan_counts_duplicates_once_and_prefers_the_shallow_copy(tmp_path):
+    for rel in ["9036/0/9036_idx5_x1_y1_class0.png",
+                "IDC_regular_ps50_idx5/9036/0/9036_idx5_x1_y1_class0.png",
+                "9036/1/9036_idx5_x51_y1_class1.png",
+                "9036/.DS_Store", "__MACOSX/9036/0/._9036_idx5_x1_y1_class0.png",
+                "9036/0/._9036_idx5_x1_y1_class0.png", "readme.txt"]:
+        _touch(tmp_path, rel)
+    listing = kaggle_tree.scan_tree(str(tmp_path))
+    assert [(p.patient, p.x, p.y, p.label) for p in listing.patches] == [
+        ("9036", 1, 1, 0), ("9036", 51, 1, 1)]
+    assert listing.patches[0].paths == ["9036/0/9036_idx5_x1_y1_class0.png",
+                                        "IDC_regular_ps50_idx5/9036/0/9036_idx5_x1_y1_class0.png"]
+    assert listing.num_duplicates == 1
+    assert listing.num_png_files == 3
+    assert listing.ignored == {"litter": 2, "other": 1}  # __MACOSX/ is pruned without counting
+    assert listing.skipped == []
+
+
+def test_scan_skips_contradicting_folders_with_reasons(tmp_path):
+    _touch(tmp_path, "9036/0/9036_idx5_x1_y1_class1.png")     # class folder disagrees
+    _touch(tmp_path, "9036/1/8863_idx5_x1_y1_class1.png")     # patient folder disagrees
+    _touch(tmp_path, "9036/1/scan.png")                        # name does not parse
+    _touch(tmp_path, "9036/1/9036_idx5_x51_y1_class1.png")
+    listing = kaggle_tree.scan_tree(str(tmp_path))
+    assert len(listing.patches) == 1
+    reasons = {s["path"]: s["reason"] for s in listing.skipped}
+    assert "folder label 0 disagrees" in reasons["9036/0/9036_idx5_x1_y1_class1.png"]
+    assert "patient folder 9036 disagrees" in reasons["9036/1/8863_idx5_x1_y1_class1.png"]
+    assert "does not parse" in reasons["9036/1/scan.png"]
+
+
+def test_fingerprint_changes_with_the_listing(tmp_path):
+    _touch(tmp_path, "9036/0/9036_idx5_x1_y1_class0.png")
+    first = kaggle_tree.scan_tree(str(tmp_path)).fingerprint
+    assert kaggle_tree.scan_tree(str(tmp_path)).fingerprint == first
+    _touch(tmp_path, "9036/0/9036_idx5_x51_y1_class0.png")
+    assert kaggle_tree.scan_tree(str(tmp_path)).fingerprint != first
+
+
+def test_scan_of_a_missing_folder_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        kaggle_tree.scan_tree(str(tmp_path / "nowhere"))
