@@ -4,9 +4,10 @@
     python -m benchmarks.convert --input_dir=~/data/IDC --num_workers=8
 
 Reports the converter's patches/s (the whole `convert_tree`: scan, split, decode, write, manifest)
-and the single-process PIL decode rate of the same files; their ratio against the ideal
-`num_workers x decode rate` says how much the converter loses to everything that is not
-decoding. Repetitions alternate decode and convert so both see the same machine load.
+with N workers and with one, and the single-process PIL decode rate of the same files. The ratio
+against the ideal `num_workers x decode rate` says how much the converter loses to everything that
+is not decoding; the one-worker ratio isolates per-worker overhead from machine load.
+Repetitions alternate the three so that all see the same load.
 """
 
 import os
@@ -58,8 +59,9 @@ def main(argv) -> None:
     workers = FLAGS.num_workers or len(os.sched_getaffinity(0))
     out = os.path.join(work, "tfrecords")
 
-    def run_convert():
-        convert.convert_tree(input_dir, out, num_workers=workers, overwrite=True, progress=False)
+    def run_convert(num_workers=workers):
+        convert.convert_tree(input_dir, out, num_workers=num_workers, overwrite=True,
+                             progress=False)
 
     def timed(fn) -> float:
         start = time.perf_counter()
@@ -68,19 +70,24 @@ def main(argv) -> None:
 
     decode_all(paths)  # warm-up: page cache, imports
     run_convert()
-    decode_rates, convert_rates = [], []
+    decode_rates, convert_rates, single_rates = [], [], []
     for _ in range(FLAGS.repeats):
         decode_rates.append(timed(lambda: decode_all(paths)))
         convert_rates.append(timed(run_convert))
+        single_rates.append(timed(lambda: run_convert(1)))
     decode_rate = statistics.median(decode_rates)
     convert_rate = statistics.median(convert_rates)
+    single_rate = statistics.median(single_rates)
 
     report = BenchmarkReport("convert", FLAGS.output_dir, config={
         "input_dir": input_dir, "num_patches": len(paths), "num_workers": workers,
         "repeats": FLAGS.repeats, "cores": len(os.sched_getaffinity(0))})
     report.add("decode_single_process_patches_per_s", decode_rate, all=decode_rates)
     report.add("convert_patches_per_s", convert_rate, all=convert_rates)
+    report.add("convert_1_worker_patches_per_s", single_rate, all=single_rates)
     report.add("num_workers", workers)
+    # per-worker efficiency: what a worker loses to encoding and writing, whatever the load
+    report.add("convert_1_worker_vs_decode", single_rate / decode_rate)
     report.add("convert_vs_ideal_workers_x_decode", convert_rate / (workers * decode_rate))
     report.write()
     if FLAGS.work_dir is None:

@@ -22,7 +22,8 @@ import time
 
 from absl import app, flags
 
-from idc_engine import kaggle_tree, manifest as manifest_lib, records, shard_writer, splits
+from idc_engine import kaggle_tree, records, shard_writer, splits
+from idc_engine import manifest as manifest_lib
 
 STAGING_PREFIX = ".convert-staging-"
 IMAGE_ENCODINGS = ("raw", "png")
@@ -131,28 +132,39 @@ class _Progress:
         print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
 
 
-def run_tasks(tasks, num_workers: int, progress: _Progress) -> list[shard_writer.ShardResult]:
-    """Writes the shards, largest first, in `num_workers` spawned processes (1 = in-process)."""
-    tasks = sorted(tasks, key=lambda t: -len(t.patches))
+def start_workers(num_workers: int):
+    """A process pool, its workers spawned now so that their start overlaps the tree scan.
+
+    spawn, not fork: the parent may hold TensorFlow's threads (tests, notebooks), and a fork of
+    those can deadlock; workers import only numpy and PIL. None for num_workers == 1 (in-process).
+    """
     if num_workers == 1:
+        return None
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    pool = concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=context, initializer=shard_writer.init_worker, initargs=(counter,))
+    pool.progress_counter = counter
+    for _ in range(num_workers):
+        pool.submit(int)  # a no-op task per worker makes the pool spawn them all now
+    return pool
+
+
+def run_tasks(tasks, pool, progress: _Progress) -> list[shard_writer.ShardResult]:
+    """Writes the shards, largest first, in the pool's processes (in this one if pool is None)."""
+    tasks = sorted(tasks, key=lambda t: -len(t.patches))
+    if pool is None:
         results = []
         for task in tasks:
             results.append(shard_writer.write_shard(task))
             progress.show(sum(r.num_examples + len(r.skipped) for r in results))
         return results
-    # spawn, not fork: the parent may hold TensorFlow's threads (tests, notebooks), and a fork
-    # of those can deadlock; workers import only numpy and PIL.
-    context = multiprocessing.get_context("spawn")
-    counter = context.Value("q", 0)
-    with concurrent.futures.ProcessPoolExecutor(
-            num_workers, mp_context=context, initializer=shard_writer.init_worker,
-            initargs=(counter,)) as pool:
-        pending = {pool.submit(shard_writer.write_shard, task) for task in tasks}
-        results = []
-        while pending:
-            done, pending = concurrent.futures.wait(pending, timeout=0.5)
-            results.extend(f.result() for f in done)
-            progress.show(counter.value)
+    pending = {pool.submit(shard_writer.write_shard, task) for task in tasks}
+    results = []
+    while pending:
+        done, pending = concurrent.futures.wait(pending, timeout=0.5)
+        results.extend(f.result() for f in done)
+        progress.show(pool.progress_counter.value)
     return results
 
 
@@ -258,33 +270,36 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
         raise ConversionError("--output_dir must differ from --input_dir")
     prepare_output_dir(output_dir, overwrite)
     start = time.perf_counter()
-
-    listing = kaggle_tree.scan_tree(input_dir)
-    if not listing.patches:
-        raise ConversionError(f"no patches named <patient>_idx5_x<X>_y<Y>_class<C>.png found "
-                              f"under --input_dir {input_dir!r}")
+    workers = max(1, num_workers or len(os.sched_getaffinity(0)))
+    pool = start_workers(workers)  # spawning overlaps the scan below
     try:
-        patient_split, settings = assign_splits(listing, split, split_file, val_fraction,
-                                                test_fraction, seed)
-    except ValueError as e:
-        raise ConversionError(str(e)) from e
-    if not patient_split.assignment:
-        raise ConversionError("no patient of the data is in the chosen split lists "
-                              f"({settings['mode']}); check --split / --split_file")
+        listing = kaggle_tree.scan_tree(input_dir)
+        if not listing.patches:
+            raise ConversionError(f"no patches named <patient>_idx5_x<X>_y<Y>_class<C>.png "
+                                  f"found under --input_dir {input_dir!r}")
+        try:
+            patient_split, settings = assign_splits(listing, split, split_file, val_fraction,
+                                                    test_fraction, seed)
+        except ValueError as e:
+            raise ConversionError(str(e)) from e
+        if not patient_split.assignment:
+            raise ConversionError("no patient of the data is in the chosen split lists "
+                                  f"({settings['mode']}); check --split / --split_file")
 
-    for entry in os.listdir(output_dir):  # a previous interrupted run's leftovers
-        if entry.startswith(STAGING_PREFIX):
-            shutil.rmtree(os.path.join(output_dir, entry))
-    staging = os.path.join(output_dir, f"{STAGING_PREFIX}{os.getpid()}")
-    os.makedirs(staging)
-    tasks = plan_shards(listing, patient_split.assignment, staging, input_dir, num_shards,
-                        shard_size_mb, min_shards, image_encoding, seed)
-    total = sum(len(t.patches) for t in tasks)
-    workers = num_workers or len(os.sched_getaffinity(0))
-    workers = max(1, min(workers, len(tasks)))
-    bar = _Progress(total, progress)
-    results = run_tasks(tasks, workers, bar)
-    bar.show(total, final=True)
+        for entry in os.listdir(output_dir):  # a previous interrupted run's leftovers
+            if entry.startswith(STAGING_PREFIX):
+                shutil.rmtree(os.path.join(output_dir, entry))
+        staging = os.path.join(output_dir, f"{STAGING_PREFIX}{os.getpid()}")
+        os.makedirs(staging)
+        tasks = plan_shards(listing, patient_split.assignment, staging, input_dir, num_shards,
+                            shard_size_mb, min_shards, image_encoding, seed)
+        total = sum(len(t.patches) for t in tasks)
+        bar = _Progress(total, progress)
+        results = run_tasks(tasks, pool, bar)
+        bar.show(total, final=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
     manifest = build_manifest(listing, patient_split, settings, results, input_dir,
                               image_encoding)
@@ -297,6 +312,7 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
     manifest["conversion"] = {"seconds": seconds, "num_workers": workers,
                               "patches_per_s": total / seconds}
     return manifest
+
 
 
 # --- reporting -----------------------------------------------------------------------------

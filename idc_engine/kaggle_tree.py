@@ -40,7 +40,7 @@ class Patch:
 @dataclasses.dataclass
 class TreeListing:
     patches: list[Patch]                    # sorted by (patient, y, x)
-    skipped: list[dict]                     # [{"path", "reason"}], paths relative to the root
+    skipped: list[dict]                     # [{"path", "reason"}], paths relative to the root, "/"
     num_png_files: int                      # every .png seen, duplicates included
     num_duplicates: int                     # copies beyond the first of a (patient, x, y)
     ignored: dict                           # {"litter": n, "other": n}
@@ -60,19 +60,23 @@ def is_litter(name: str) -> bool:
     return lower.startswith("._") or lower in LITTER_FILES
 
 
-def _walk_files(root: str):
-    """Yields (relative path, size) of every file below root, litter folders pruned, sorted."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames
-                             if d.lower() not in LITTER_DIRS and not d.startswith("._"))
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            yield os.path.relpath(path, root), os.path.getsize(path)
+def _walk_files(root: str, rel_dir: str = ""):
+    """Yields ("relative/path", size) of every file below root in sorted order, litter folders
+    pruned. Relative paths use "/" and are built by concatenation (os.path.relpath per file
+    costs half the scan of 555k files)."""
+    with os.scandir(os.path.join(root, rel_dir)) as entries:
+        entries = sorted(entries, key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir():
+            if entry.name.lower() not in LITTER_DIRS and not entry.name.startswith("._"):
+                yield from _walk_files(root, rel_dir + entry.name + "/")
+        else:
+            yield rel_dir + entry.name, entry.stat().st_size
 
 
 def _folder_problem(rel_path: str, parsed: PatchName) -> str | None:
     """A reason to distrust a file whose folders contradict its name, or None."""
-    parts = rel_path.replace(os.sep, "/").split("/")
+    parts = rel_path.split("/")
     class_dir = parts[-2] if len(parts) >= 2 else None
     if class_dir in ("0", "1") and int(class_dir) != parsed.label:
         return f"folder label {class_dir} disagrees with class{parsed.label} in the file name"
@@ -91,7 +95,7 @@ def scan_tree(root: str) -> TreeListing:
     num_png = num_duplicates = 0
     digest = hashlib.sha256()
     for rel_path, size in _walk_files(root):
-        name = os.path.basename(rel_path)
+        name = rel_path.rpartition("/")[2]
         if is_litter(name):
             ignored["litter"] += 1
             continue
@@ -119,7 +123,7 @@ def scan_tree(root: str) -> TreeListing:
             num_duplicates += 1
             existing.paths.append(rel_path)
             # Prefer the copy nearest the root given: the shorter path.
-            existing.paths.sort(key=lambda p: (p.count(os.sep), p))
+            existing.paths.sort(key=lambda p: (p.count("/"), p))
         else:
             by_key[key] = Patch(parsed.patient, parsed.x, parsed.y, parsed.label, [rel_path])
     patches = sorted(by_key.values(), key=lambda p: (p.patient, p.y, p.x))

@@ -61,10 +61,10 @@ def _report_progress(n: int) -> None:
             _progress_counter.value += n
 
 
-def decode_patch(path: str) -> tuple[np.ndarray, int, int, bytes | None]:
-    """Decodes one PNG to a padded uint8 [50, 50, 3] array.
+def decode_patch(path: str) -> tuple[bytes, int, int, bytes | None]:
+    """Decodes one PNG into the raw uint8 HWC bytes of a 50x50x3 patch (padded if smaller).
 
-    Returns (image, original height, original width, the file's bytes if it is an RGB PNG
+    Returns (pixels, original height, original width, the file's bytes if it is an RGB PNG
     else None). Raises ValueError with the reason for files that are not usable patches.
     """
     with open(path, "rb") as f:
@@ -73,27 +73,66 @@ def decode_patch(path: str) -> tuple[np.ndarray, int, int, bytes | None]:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             is_rgb_png = image.format == "PNG" and image.mode == "RGB"
-            array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            width, height = rgb.size
+            pixels = rgb.tobytes()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"not a readable PNG ({e})") from None
-    height, width = array.shape[:2]
     if height > records.PATCH_SIZE or width > records.PATCH_SIZE:
         raise ValueError(f"larger than {records.PATCH_SIZE}x{records.PATCH_SIZE}: {height}x{width}")
     if (height, width) != (records.PATCH_SIZE, records.PATCH_SIZE):
         padded = np.full(records.IMAGE_SHAPE, PAD_VALUE, np.uint8)
-        padded[:height, :width] = array
-        array = padded
-    return array, height, width, data if is_rgb_png else None
+        padded[:height, :width] = np.frombuffer(pixels, np.uint8).reshape(height, width, 3)
+        pixels = padded.tobytes()
+    return pixels, height, width, data if is_rgb_png else None
 
 
-def _image_bytes(array: np.ndarray, source_png: bytes | None, encoding: str) -> bytes:
+def _image_bytes(pixels: bytes, source_png: bytes | None, encoding: str) -> bytes:
     if encoding == "raw":
-        return array.tobytes()
+        return pixels
     if source_png is not None:  # already a 50x50 RGB PNG: keep its bytes, no re-encoding
         return source_png
     out = io.BytesIO()
-    Image.fromarray(array).save(out, format="PNG")
+    Image.frombytes("RGB", records.IMAGE_SHAPE[:2], pixels).save(out, format="PNG")
     return out.getvalue()
+
+
+class _ChannelMoments:
+    """Exact per-channel sum and sum of squares of uint8 pixels, accumulated cheaply.
+
+    Full-size patches are stacked into a buffer and reduced over the batch axis (contiguous,
+    vectorized: ~4 us a patch instead of ~40 for a per-patch reduction); padded patches, rare,
+    are added one by one over their unpadded pixels only.
+    """
+
+    def __init__(self, batch: int = 256):
+        self.buffer = np.empty((batch,) + records.IMAGE_SHAPE, np.uint8)
+        self.squares = np.empty((batch,) + records.IMAGE_SHAPE, np.uint16)
+        self.used = 0
+        self.count = 0
+        self.sum = np.zeros(3, np.float64)
+        self.sum_sq = np.zeros(3, np.float64)
+
+    def add(self, image: np.ndarray, height: int, width: int) -> None:
+        if (height, width) == records.IMAGE_SHAPE[:2]:
+            self.buffer[self.used] = image
+            self.used += 1
+            if self.used == len(self.buffer):
+                self.flush()
+            return
+        pixels = image[:height, :width].reshape(-1, 3).astype(np.float64)
+        self.count += pixels.shape[0]
+        self.sum += pixels.sum(axis=0)
+        self.sum_sq += (pixels * pixels).sum(axis=0)
+
+    def flush(self) -> None:
+        batch = self.buffer[:self.used]
+        squares = np.multiply(batch, batch, out=self.squares[:self.used], dtype=np.uint16)
+        # uint32 holds 256 patches of 255**2 per position; totals go to float64
+        self.sum += batch.sum(axis=0, dtype=np.uint32).reshape(-1, 3).sum(axis=0)
+        self.sum_sq += squares.sum(axis=0, dtype=np.uint32).reshape(-1, 3).sum(axis=0)
+        self.count += self.used * records.PATCH_SIZE * records.PATCH_SIZE
+        self.used = 0
 
 
 def write_shard(task: ShardTask) -> ShardResult:
@@ -101,10 +140,8 @@ def write_shard(task: ShardTask) -> ShardResult:
     order = list(task.patches)
     random.Random(f"{task.seed}/{task.split}/{task.index}").shuffle(order)
     skipped, padded, patients = [], [], set()
-    num_examples = num_positive = pixel_count = 0
-    channel_sum = np.zeros(3, np.float64)
-    channel_sum_sq = np.zeros(3, np.float64)
-    pending = 0
+    num_examples = num_positive = pending = 0
+    moments = _ChannelMoments() if task.with_stats else None
     with open(task.path, "wb") as out:
         for patient, x, y, label, paths in order:
             decoded = None
@@ -123,25 +160,26 @@ def write_shard(task: ShardTask) -> ShardResult:
                 pending = 0
             if decoded is None:
                 continue
-            array, height, width, source_png = decoded
+            pixels, height, width, source_png = decoded
             if (height, width) != (records.PATCH_SIZE, records.PATCH_SIZE):
                 padded.append({"path": rel_path, "height": height, "width": width})
                 source_png = None
-            image = _image_bytes(array, source_png, task.image_encoding)
+            image = _image_bytes(pixels, source_png, task.image_encoding)
             out.write(records.frame_record(records.encode_example(
                 image, label, patient, x, y, height, width)))
             num_examples += 1
             num_positive += label
             patients.add(patient)
-            if task.with_stats:
-                pixels = array[:height, :width].reshape(-1, 3)
-                pixel_count += pixels.shape[0]
-                channel_sum += pixels.sum(axis=0, dtype=np.int64)
-                wide = pixels.astype(np.int32)
-                channel_sum_sq += np.einsum("ij,ij->j", wide, wide)
+            if moments is not None:
+                moments.add(np.frombuffer(pixels, np.uint8).reshape(records.IMAGE_SHAPE),
+                            height, width)
         out.flush()
         os.fsync(out.fileno())
     _report_progress(pending)
+    if moments is not None:
+        moments.flush()
     return ShardResult(task.split, task.index, task.path, num_examples, num_positive,
                        os.path.getsize(task.path), sorted(patients), skipped, padded,
-                       pixel_count, channel_sum.tolist(), channel_sum_sq.tolist())
+                       moments.count if moments else 0,
+                       moments.sum.tolist() if moments else [0.0] * 3,
+                       moments.sum_sq.tolist() if moments else [0.0] * 3)

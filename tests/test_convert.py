@@ -1,0 +1,356 @@
+"""The converter on a generated Kaggle-like tree: counts, quirks, pixels, splits, safety."""
+
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import read_records, shard_paths
+from PIL import Image
+
+from idc_engine import convert, kaggle_tree, shard_writer, splits, synthetic, verify
+from idc_engine.manifest import MANIFEST_NAME, load_manifest
+
+
+def _all_records(output_dir, manifest):
+    return {path: read_records(path) for path in shard_paths(output_dir, manifest)}
+
+
+def _top_level_patches(root):
+    """(patient, x, y) -> relative path of every well-formed PNG outside the duplicate tree."""
+    found = {}
+    for dirpath, _, names in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir.startswith("IDC_regular_ps50_idx5") or "__MACOSX" in rel_dir:
+            continue
+        for name in names:
+            parsed = kaggle_tree.parse_patch_name(name)
+            if parsed:
+                found[(parsed.patient, parsed.x, parsed.y)] = os.path.join(rel_dir, name)
+    return found
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "idc_engine.convert", *args],
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+# --- counting and quirks -------------------------------------------------------------------
+
+def test_every_patch_is_counted_once_despite_the_duplicate_tree(idc_tree, converted):
+    root, summary = idc_tree
+    out, manifest = converted
+    assert summary["duplicate_root"] and os.path.isdir(os.path.join(root, summary["duplicate_root"]))
+    lost = set(summary["truncated"]) | set(summary["mislabelled"])
+    expected = {key for key, rel in _top_level_patches(root).items() if rel not in lost}
+    keys = [(r["patient_id"], r["x"], r["y"])
+            for records in _all_records(out, manifest).values() for r in records]
+    assert len(keys) == len(set(keys)), "a patch was written twice"
+    assert set(keys) == expected
+    assert sum(s["num_examples"] for s in manifest["splits"].values()) == len(expected)
+    assert manifest["num_duplicates"] >= len(expected)  # the whole tree is there twice
+    assert manifest["input"]["num_png_files"] >= 2 * len(expected)
+
+
+def test_each_quirk_is_handled_and_reported(idc_tree, converted):
+    root, summary = idc_tree
+    out, manifest = converted
+    skipped = collections.defaultdict(list)
+    for s in manifest["skipped"]:
+        skipped[s["path"].replace(os.sep, "/")].append(s["reason"])
+    dup = summary["duplicate_root"]
+    for rel in summary["truncated"]:  # lost in both copies: skipped, with the decoder's reason
+        assert any("not a readable PNG" in r for r in skipped[rel]), rel
+        assert any("not a readable PNG" in r for r in skipped[f"{dup}/{rel}"]), rel
+    for rel in summary["mislabelled"]:
+        assert any("disagrees" in r for r in skipped[rel]), rel
+    for rel in summary["unparseable"]:
+        assert any("does not parse" in r for r in skipped[rel]), rel
+    assert summary["litter"] and manifest["ignored_files"]["litter"] >= 1
+    assert not any(os.path.basename(p).startswith("._") or p.endswith(".DS_Store")
+                   for p in skipped), "litter must be ignored, not reported as skipped"
+    padded = {p["path"].replace(os.sep, "/"): (p["height"], p["width"]) for p in manifest["padded"]}
+    assert padded == {u["path"]: (u["height"], u["width"]) for u in summary["undersized"]}
+    assert manifest["num_padded"] == len(summary["undersized"]) > 0
+
+
+def test_undersized_patches_are_padded_white_and_keep_their_size(idc_tree, converted):
+    root, summary = idc_tree
+    out, manifest = converted
+    records = {(r["patient_id"], r["x"], r["y"]): r
+               for rs in _all_records(out, manifest).values() for r in rs}
+    for u in summary["undersized"]:
+        parsed = kaggle_tree.parse_patch_name(os.path.basename(u["path"]))
+        record = records[(parsed.patient, parsed.x, parsed.y)]
+        h, w = u["height"], u["width"]
+        assert (record["height"], record["width"]) == (h, w)
+        source = np.asarray(Image.open(os.path.join(root, u["path"])).convert("RGB"))
+        np.testing.assert_array_equal(record["image"][:h, :w], source)
+        assert (record["image"][h:] == shard_writer.PAD_VALUE).all()
+        assert (record["image"][:, w:] == shard_writer.PAD_VALUE).all()
+
+
+def test_pixel_exact_round_trip_of_every_record(idc_tree, converted):
+    root, _ = idc_tree
+    out, manifest = converted
+    sources = _top_level_patches(root)
+    count = 0
+    for records in _all_records(out, manifest).values():
+        for r in records:
+            rel = sources[(r["patient_id"], r["x"], r["y"])]
+            source = np.asarray(Image.open(os.path.join(root, rel)).convert("RGB"))
+            h, w = source.shape[:2]
+            np.testing.assert_array_equal(r["image"][:h, :w], source, err_msg=rel)
+            assert r["label"] == int(rel.split(os.sep)[-2])
+            count += 1
+    assert count == sum(s["num_examples"] for s in manifest["splits"].values())
+
+
+def test_png_encoding_holds_the_same_pixels(idc_tree, converted, tmp_path):
+    root, _ = idc_tree
+    out, manifest = converted
+    png_out = str(tmp_path / "png")
+    png_manifest = convert.convert_tree(root, png_out, image_encoding="png", num_workers=1,
+                                        min_shards=3, progress=False)
+    assert png_manifest["image_encoding"] == "png"
+    raw = _all_records(out, manifest)
+    png = _all_records(png_out, png_manifest)
+    assert [os.path.basename(p) for p in png] == [os.path.basename(p) for p in raw]
+    for (_, raw_records), (_, png_records) in zip(raw.items(), png.items()):
+        for a, b in zip(raw_records, png_records, strict=True):  # same seed: same order
+            np.testing.assert_array_equal(a["image"], b["image"])
+            assert (a["patient_id"], a["x"], a["y"], a["height"]) == (
+                b["patient_id"], b["x"], b["y"], b["height"])
+    assert sum(os.path.getsize(p) for p in png) < sum(os.path.getsize(p) for p in raw)
+
+
+# --- shards and manifest -------------------------------------------------------------------
+
+def test_patients_are_disjoint_across_splits_and_whole_in_one_shard(converted):
+    out, manifest = converted
+    split_of, shard_of = {}, {}
+    for split, info in manifest["splits"].items():
+        for path in shard_paths(out, manifest, split):
+            for r in read_records(path):
+                assert split_of.setdefault(r["patient_id"], split) == split
+                assert shard_of.setdefault(r["patient_id"], path) == path
+        assert sorted({p for p, s in split_of.items() if s == split}) == info["patients"]
+    assert set(manifest["splits"]) == {"train", "val", "test"}
+
+
+def test_records_are_shuffled_within_a_shard(converted):
+    out, manifest = converted
+    mixed = 0
+    for path in shard_paths(out, manifest, "train"):
+        records = read_records(path)
+        keys = [(r["patient_id"], r["y"], r["x"]) for r in records]
+        assert keys != sorted(keys)
+        if len({r["patient_id"] for r in records}) > 1:
+            first_half = {r["patient_id"] for r in records[: len(records) // 4]}
+            mixed += len(first_half) > 1
+    assert mixed > 0, "patients of a multi-patient shard should be interleaved"
+
+
+def test_manifest_counts_and_train_channel_statistics(converted):
+    out, manifest = converted
+    assert load_manifest(out) == {k: v for k, v in manifest.items() if k != "conversion"}
+    pixels = []
+    for split, info in manifest["splits"].items():
+        records = [r for p in shard_paths(out, manifest, split) for r in read_records(p)]
+        assert info["num_examples"] == len(records)
+        assert info["num_positive"] == sum(r["label"] for r in records)
+        if split == "train":
+            pixels = np.concatenate([r["image"][:r["height"], :r["width"]].reshape(-1, 3)
+                                     for r in records]).astype(np.float64)
+    np.testing.assert_allclose(manifest["train_channel_mean"], pixels.mean(0), atol=1e-3)
+    np.testing.assert_allclose(manifest["train_channel_std"], pixels.std(0), atol=1e-3)
+    for key in ("schema_version", "image_shape", "skipped", "num_padded", "split_settings",
+                "input"):
+        assert key in manifest
+    assert manifest["input"]["fingerprint"].startswith("sha256:")
+
+
+def test_output_is_deterministic_and_independent_of_worker_count(idc_tree, converted, tmp_path):
+    root, _ = idc_tree
+    out, manifest = converted
+    again = convert.convert_tree(root, str(tmp_path / "again"), num_workers=1, min_shards=3,
+                                 progress=False)
+    for path in shard_paths(out, manifest):
+        twin = os.path.join(tmp_path / "again", os.path.basename(path))
+        with open(path, "rb") as a, open(twin, "rb") as b:
+            assert a.read() == b.read(), os.path.basename(path)
+    assert again["splits"] == manifest["splits"]
+
+
+# --- split modes ---------------------------------------------------------------------------
+
+def test_janowczyk2016_split_follows_the_published_lists(tmp_path):
+    published = splits.published_split("janowczyk2016")
+    chosen = {s: [p for p, v in sorted(published.items()) if v == s][:2]
+              for s in ("train", "val", "test")}
+    outsiders = ["99990", "99991"]
+    ids = [p for ps in chosen.values() for p in ps] + outsiders
+    root = str(tmp_path / "tree")
+    synthetic.write_dataset(root, patient_ids=ids, seed=1, min_patches=20, max_patches=40)
+    manifest = convert.convert_tree(root, str(tmp_path / "out"), split="janowczyk2016",
+                                    num_workers=1, progress=False)
+    for split, patients in chosen.items():
+        assert manifest["splits"][split]["patients"] == sorted(patients)
+    assert manifest["excluded_patients"] == outsiders
+    assert len(manifest["missing_patients"]) == 162 - 6
+    assert manifest["split_settings"]["mode"] == "janowczyk2016"
+
+
+def test_split_file_assigns_patients_and_leaves_out_the_rest(idc_tree, tmp_path):
+    root, summary = idc_tree
+    patients = sorted(summary["patients"])
+    mapping = {p: ("train", "val", "test")[i % 3] for i, p in enumerate(patients[1:])}
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps(mapping))
+    manifest = convert.convert_tree(root, str(tmp_path / "out"), split_file=str(split_file),
+                                    num_workers=1, progress=False)
+    for split, info in manifest["splits"].items():
+        assert info["patients"] == sorted(p for p, s in mapping.items() if s == split)
+    assert manifest["excluded_patients"] == [patients[0]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_patient_split_is_disjoint_and_seeded(idc_tree, tmp_path, seed):
+    root, _ = idc_tree
+    manifests = [convert.convert_tree(root, str(tmp_path / f"out{i}"), seed=seed,
+                                      val_fraction=0.2, test_fraction=0.2, num_workers=1,
+                                      progress=False) for i in range(2)]
+    sets = {s: set(i["patients"]) for s, i in manifests[0]["splits"].items()}
+    assert not (sets["train"] & sets["val"] or sets["train"] & sets["test"]
+                or sets["val"] & sets["test"])
+    assert manifests[0]["splits"] == manifests[1]["splits"]
+
+
+# --- safety: interruption, overwrite, verify, bad input ------------------------------------
+
+def test_kill_9_mid_run_leaves_nothing_that_looks_complete(idc_tree, tmp_path):
+    root, _ = idc_tree
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "idc_engine.convert", f"--input_dir={root}",
+                                f"--output_dir={out}", "--num_workers=1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and process.poll() is None:
+        staging = [e for e in os.listdir(out)] if out.is_dir() else []
+        if staging and any(os.listdir(out / e) for e in staging
+                           if e.startswith(convert.STAGING_PREFIX)):
+            break
+        time.sleep(0.001)
+    assert process.poll() is None, "the conversion finished before it could be interrupted"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / MANIFEST_NAME).exists()
+    assert not list(out.glob("*.tfrecord")), "shards must stay in staging until complete"
+    assert verify.verify_conversion(str(out))[0].endswith(
+        "python -m idc_engine.convert writes the manifest last)")
+    refused = _cli(f"--input_dir={root}", f"--output_dir={out}")
+    assert refused.returncode == 2 and "interrupted conversion" in refused.stderr
+    redone = _cli(f"--input_dir={root}", f"--output_dir={out}", "--overwrite")
+    assert redone.returncode == 0, redone.stderr
+    assert "patches/s" in redone.stdout and "train" in redone.stdout
+    assert not [e for e in os.listdir(out) if e.startswith(convert.STAGING_PREFIX)]
+    assert verify.verify_conversion(str(out)) == []
+
+
+def test_a_failed_overwrite_keeps_the_previous_conversion(idc_tree, tmp_path, monkeypatch):
+    root, _ = idc_tree
+    out = str(tmp_path / "out")
+    before = convert.convert_tree(root, out, num_workers=1, progress=False)
+    calls = []
+
+    def failing_write_shard(task):
+        calls.append(task)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C does in the middle of the run
+        return real_write_shard(task)
+
+    real_write_shard = shard_writer.write_shard
+    monkeypatch.setattr(shard_writer, "write_shard", failing_write_shard)
+    with pytest.raises(KeyboardInterrupt):
+        convert.convert_tree(root, out, num_workers=1, seed=5, overwrite=True, progress=False)
+    monkeypatch.undo()
+    assert load_manifest(out)["splits"] == before["splits"]
+    assert verify.verify_conversion(out) == []
+
+
+def test_refuses_a_non_empty_output_dir_without_overwrite(idc_tree, tmp_path):
+    root, _ = idc_tree
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(convert.ConversionError, match="not empty.*--overwrite"):
+        convert.convert_tree(root, str(out), progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_removes_the_previous_shards(idc_tree, tmp_path):
+    root, _ = idc_tree
+    out = str(tmp_path / "out")
+    convert.convert_tree(root, out, num_shards=3, num_workers=1, progress=False)
+    convert.convert_tree(root, out, num_shards=1, num_workers=1, overwrite=True, progress=False)
+    assert sorted(f for f in os.listdir(out) if f.endswith(".tfrecord")) == [
+        "test-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord",
+        "val-00000-of-00001.tfrecord"]
+
+
+def test_verify_passes_on_a_good_conversion_and_names_a_truncated_shard(converted, tmp_path):
+    out, manifest = converted
+    good = _cli("--verify", f"--output_dir={out}")
+    assert good.returncode == 0, good.stderr
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    victim = copy / manifest["splits"]["train"]["files"][1]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) - 5000])
+    problems = verify.verify_conversion(str(copy))
+    assert any(victim.name in p and "truncated" in p for p in problems), problems
+    bad = _cli("--verify", f"--output_dir={copy}")
+    assert bad.returncode == 1 and victim.name in bad.stderr
+
+
+def test_verify_catches_a_missing_shard_and_a_patient_in_two_splits(converted, tmp_path):
+    out, manifest = converted
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    os.remove(copy / manifest["splits"]["test"]["files"][0])
+    edited = load_manifest(str(copy))
+    edited["splits"]["val"]["patients"].append(edited["splits"]["train"]["patients"][0])
+    (copy / MANIFEST_NAME).write_text(json.dumps(edited))
+    problems = verify.verify_conversion(str(copy))
+    assert any("missing" in p and manifest["splits"]["test"]["files"][0] in p for p in problems)
+    assert any("in both train and val" in p for p in problems)
+
+
+@pytest.mark.parametrize("make_input, options, message", [
+    (lambda d: str(d / "absent"), {}, "--input_dir .*absent.* is not a directory"),
+    (lambda d: str(d), {}, "no patches"),
+    (None, {"split_file": "/nonexistent/split.json"}, "split.json"),
+    (None, {"image_encoding": "jpeg"}, "--image_encoding"),
+])
+def test_bad_input_gives_a_clear_error(idc_tree, tmp_path, make_input, options, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    input_dir = make_input(empty) if make_input else idc_tree[0]
+    with pytest.raises(convert.ConversionError, match=message):
+        convert.convert_tree(input_dir, str(tmp_path / "out"), progress=False, **options)
+    assert not (tmp_path / "out" / MANIFEST_NAME).exists()
+
+
+def test_cli_help_documents_every_flag():
+    result = _cli("--helpfull")  # absl exits 1 after printing help
+    assert "Converts the Kaggle IDC download" in result.stdout
+    for flag in ("input_dir", "output_dir", "split", "split_file", "val_fraction",
+                 "test_fraction", "seed", "num_shards", "image_encoding", "num_workers",
+                 "overwrite", "verify"):
+        assert f"--{flag}" in result.stdout
