@@ -245,6 +245,7 @@ def build_manifest(listing, patient_split, settings, results, input_dir, image_e
         "skipped": sorted(skipped, key=lambda s: s["path"]),
         "num_padded": len(padded),
         "padded": padded,
+        "num_lost_patches": sum(r.num_lost for r in results),
         "num_duplicates": listing.num_duplicates,
         "ignored_files": listing.ignored,
         "input": {"dir": os.path.abspath(input_dir), "num_png_files": listing.num_png_files,
@@ -325,10 +326,14 @@ def format_report(manifest: dict, output_dir: str) -> str:
         lines.append(f"  {split:<6} {len(info['patients']):>8} {n:>9,} {pos:>8,} "
                      f"{100 * pos / max(n, 1):>6.1f} {len(info['files']):>6}")
     settings = manifest["split_settings"]
+    written = sum(info["num_examples"] for info in manifest["splits"].values())
+    lost = manifest["num_lost_patches"]
     lines += ["", f"  split: {', '.join(f'{k}={v}' for k, v in settings.items())}",
               f"  PNG files seen: {manifest['input']['num_png_files']:,}; unique patches: "
               f"{manifest['input']['num_unique_patches']:,}; duplicate copies: "
               f"{manifest['num_duplicates']:,}",
+              f"  patches written: {written:,}"
+              + (f" (lost, every copy unreadable: {lost:,})" if lost else ""),
               f"  undersized patches padded to 50x50 (white, bottom/right): {manifest['num_padded']:,}",
               f"  ignored: {manifest['ignored_files']['litter']:,} litter files "
               f"(.DS_Store, Thumbs.db, ._*), {manifest['ignored_files']['other']:,} non-PNG files"]

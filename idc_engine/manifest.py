@@ -16,6 +16,7 @@ Layout (schema_version 1; paths are relative to the output directory):
       "excluded_patients": [...], "missing_patients": [...],
       "skipped": [{"path", "reason"}], "num_skipped": int,
       "num_padded": int, "padded": [{"path", "height", "width"}],
+      "num_lost_patches": int,                # patches none of whose copies decoded
       "num_duplicates": int, "ignored_files": {"litter": int, "other": int},
       "input": {"dir", "num_png_files", "fingerprint"},
       "created_by": str, "created_at": str

@@ -44,6 +44,7 @@ class ShardResult:
     num_bytes: int
     patients: list
     skipped: list                   # [{"path", "reason"}]
+    num_lost: int                   # patches none of whose copies could be decoded
     padded: list                    # [{"path", "height", "width"}]
     pixel_count: int
     channel_sum: list               # float sums over unpadded pixels, per channel
@@ -140,7 +141,7 @@ def write_shard(task: ShardTask) -> ShardResult:
     order = list(task.patches)
     random.Random(f"{task.seed}/{task.split}/{task.index}").shuffle(order)
     skipped, padded, patients = [], [], set()
-    num_examples = num_positive = pending = 0
+    num_examples = num_positive = num_lost = pending = 0
     moments = _ChannelMoments() if task.with_stats else None
     with open(task.path, "wb") as out:
         for patient, x, y, label, paths in order:
@@ -159,6 +160,7 @@ def write_shard(task: ShardTask) -> ShardResult:
                 _report_progress(pending)
                 pending = 0
             if decoded is None:
+                num_lost += 1
                 continue
             pixels, height, width, source_png = decoded
             if (height, width) != (records.PATCH_SIZE, records.PATCH_SIZE):
@@ -179,7 +181,7 @@ def write_shard(task: ShardTask) -> ShardResult:
     if moments is not None:
         moments.flush()
     return ShardResult(task.split, task.index, task.path, num_examples, num_positive,
-                       os.path.getsize(task.path), sorted(patients), skipped, padded,
+                       os.path.getsize(task.path), sorted(patients), skipped, num_lost, padded,
                        moments.count if moments else 0,
                        moments.sum.tolist() if moments else [0.0] * 3,
                        moments.sum_sq.tolist() if moments else [0.0] * 3)

@@ -78,6 +78,7 @@ def test_each_quirk_is_handled_and_reported(idc_tree, converted):
     padded = {p["path"].replace(os.sep, "/"): (p["height"], p["width"]) for p in manifest["padded"]}
     assert padded == {u["path"]: (u["height"], u["width"]) for u in summary["undersized"]}
     assert manifest["num_padded"] == len(summary["undersized"]) > 0
+    assert manifest["num_lost_patches"] == len(summary["truncated"]) > 0
 
 
 def test_undersized_patches_are_padded_white_and_keep_their_size(idc_tree, converted):
@@ -353,4 +354,4 @@ def test_cli_help_documents_every_flag():
     for flag in ("input_dir", "output_dir", "split", "split_file", "val_fraction",
                  "test_fraction", "seed", "num_shards", "image_encoding", "num_workers",
                  "overwrite", "verify"):
-        assert f"--{flag}" in result.stdout
+        assert f"--{flag}:" in result.stdout or f"--[no]{flag}:" in result.stdout, flag
