@@ -36,6 +36,10 @@ PRESETS = {
     "tutorial": "affine(rotation=20, zoom=0.05, shift=0.1, shear=0.05)|flip_lr|flip_ud",
 }
 
+# One algorithm on every device ("auto_select" would pick ThreeFry on TPUs). XLA-compiled and
+# regular kernels still draw different numbers for the same seed: each is reproducible on its own.
+_RNG_ALG = "philox"
+
 
 @dataclasses.dataclass(frozen=True)
 class Op:
@@ -55,7 +59,8 @@ def register(name: str, needs_float: bool = True):
 
 
 def _uniform(seed, shape, low, high):
-    return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high, dtype=tf.float32)
+    return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high, dtype=tf.float32,
+                                       alg=_RNG_ALG)
 
 
 def _coin(seed, batch, probability=0.5):
@@ -64,7 +69,7 @@ def _coin(seed, batch, probability=0.5):
 
 
 def _seeds(seed, n):
-    return tf.unstack(tf.random.experimental.stateless_split(seed, n))
+    return tf.unstack(tf.random.experimental.stateless_split(seed, n, alg=_RNG_ALG))
 
 
 # --- pixel permutations ----------------------------------------------------------------------
@@ -138,7 +143,8 @@ def contrast(images, seed, delta=0.1):
     return tf.clip_by_value((images - mean) * factor + mean, 0.0, 1.0)
 
 
-_LUMA = tf.constant([0.299, 0.587, 0.114], tf.float32)
+# A tuple, not a tensor: no TF op may run at import (MultiWorkerMirroredStrategy must start first).
+_LUMA = (0.299, 0.587, 0.114)
 
 
 @register("saturation")
@@ -239,7 +245,8 @@ def shear(images, seed, degrees=0.05):
 # --- specs -----------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class Step:
+class BoundOp:
+    """A registry op with the arguments a spec gave it."""
     op: Op
     args: tuple
     kwargs: dict
@@ -248,7 +255,7 @@ class Step:
         return self.op.fn(images, seed, *self.args, **self.kwargs)
 
 
-def _parse_item(item: str) -> Step:
+def _parse_item(item: str) -> BoundOp:
     try:
         node = ast.parse(item.strip(), mode="eval").body
     except SyntaxError:
@@ -272,23 +279,27 @@ def _parse_item(item: str) -> Step:
         inspect.signature(op.fn).bind(None, None, *args, **kwargs)
     except TypeError as e:
         raise ValueError(f"augmentation {item!r}: {e}") from None
-    return Step(op, args, kwargs)
+    return BoundOp(op, args, kwargs)
 
 
-def parse_spec(spec) -> list[Step]:
-    """"d4|hed(0.05,0.05)", a preset name, or a list of such strings -> the ops to apply, in order."""
+def parse_spec(spec) -> list[BoundOp]:
+    """"d4|hed(0.05,0.05)", a preset name, or a list of such strings -> the ops to apply, in order.
+
+    Raises ValueError naming an unknown op or arguments its function does not take.
+    """
     items = [spec] if isinstance(spec, str) else list(spec or [])
-    steps = []
+    ops = []
     for item in items:
+        if isinstance(item, BoundOp):
+            ops.append(item)
+            continue
         for part in item.split("|"):
             part = part.strip()
-            if not part:
-                continue
             if part in PRESETS:
-                steps.extend(parse_spec(PRESETS[part]))
-            else:
-                steps.append(_parse_item(part))
-    return steps
+                ops.extend(parse_spec(PRESETS[part]))
+            elif part:
+                ops.append(_parse_item(part))
+    return ops
 
 
 def _step_seed(seed, step):
@@ -296,7 +307,8 @@ def _step_seed(seed, step):
     base = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
-        base = tf.random.experimental.stateless_fold_in(base, context.replica_id_in_sync_group)
+        base = tf.random.experimental.stateless_fold_in(base, context.replica_id_in_sync_group,
+                                                        alg=_RNG_ALG)
     return base
 
 
@@ -307,23 +319,23 @@ def augment_on_device(images, seed, step, spec="pathology", value_range=(0.0, 25
       images: uint8 [B, H, W, 3] (0..255), or float [B, H, W, 3] in `value_range`.
       seed: int or int scalar tensor: the run's augmentation seed.
       step: int scalar tensor: the training step (a new draw every step).
-      spec: ops string, preset name, list of those, or already parsed steps (see parse_spec).
+      spec: ops string, preset name, list of those, or the BoundOps of parse_spec.
       value_range: (low, high) of float inputs; ignored for uint8.
 
     Returns:
       Same shape and dtype as `images`, values in the same range (uint8: rounded).
     """
-    steps = spec if spec and isinstance(spec, list) and isinstance(spec[0], Step) else parse_spec(spec)
-    if not steps:
+    ops = parse_spec(spec)
+    if not ops:
         return images
     dtype = images.dtype
     low, high = (0.0, 255.0) if dtype == tf.uint8 else (float(value_range[0]), float(value_range[1]))
     base = _step_seed(seed, step)
     x, is_unit_float = images, False
-    for position, step_op in enumerate(steps):
-        if step_op.op.needs_float and not is_unit_float:
+    for position, bound in enumerate(ops):
+        if bound.op.needs_float and not is_unit_float:
             x, is_unit_float = (tf.cast(x, tf.float32) - low) / (high - low), True
-        x = step_op(x, tf.random.experimental.stateless_fold_in(base, position))
+        x = bound(x, tf.random.experimental.stateless_fold_in(base, position, alg=_RNG_ALG))
     if not is_unit_float:
         return x
     x = x * (high - low) + low

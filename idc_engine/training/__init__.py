@@ -1,0 +1,1 @@
+"""The training engine: configuration, devices and strategy, objectives, and the custom loop."""

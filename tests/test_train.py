@@ -1,0 +1,254 @@
+"""The training engine, end to end on tiny converted data: strategies, resume, determinism,
+NaN handling, bad flags, TensorBoard and export. Real TensorFlow; real worker processes.
+
+Runs that need a fresh TensorFlow (logical CPU devices, op determinism, TF_CONFIG) are
+subprocesses of `python -m idc_engine.train`; the others run in-process.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from idc_engine.training import loop
+from idc_engine.training.config import ConfigError, TrainConfig
+
+QUICK = ["--steps_per_loop=3", "--global_batch_size=32", "--augment=d4", "--log_every_steps=3"]
+
+
+def _train_cli(data_dir, model_dir, *args, env=None, timeout=400):
+    return subprocess.run(
+        [sys.executable, "-m", "idc_engine.train", f"--data_dir={data_dir}",
+         f"--model_dir={model_dir}", *QUICK, *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def _summary(stdout: str) -> dict:
+    return json.loads(stdout[stdout.index("{"):])
+
+
+def _checkpoint_step(model_dir, sub="checkpoints") -> int:
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, sub))
+    return int(latest.rsplit("-", 1)[1]) if latest else -1
+
+
+def _scalars(event_dir: str) -> dict:
+    """{tag: [(step, value)]} of the scalar summaries under an event directory."""
+    out = {}
+    for name in sorted(os.listdir(event_dir)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(event_dir, name)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    out.setdefault(value.tag, []).append(
+                        (event.step, float(tf.make_ndarray(value.tensor))))
+    return out
+
+
+@pytest.mark.parametrize("xla", ["off", "on"])
+def test_mirrored_strategy_over_two_logical_cpus_trains(converted, tmp_path, xla):
+    data_dir, _ = converted
+    result = _train_cli(data_dir, tmp_path / "run", "--strategy=mirrored", "--num_cpu_devices=2",
+                        f"--xla={xla}", "--train_steps=6", "--validation_every_steps=6",
+                        "--export=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["replicas"] == 2 and "MirroredStrategy over 2 devices" in config["resolved_strategy"]
+    assert config["resolved_xla"] is (xla == "on")
+    summary = _summary(result.stdout)
+    assert summary["final_step"] == 6 and np.isfinite(summary["last_validation"]["val_loss"])
+    assert _checkpoint_step(tmp_path / "run") == 6
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_strategy_with_two_local_workers_agrees_on_weights(converted, tmp_path):
+    data_dir, _ = converted
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "idc_engine.train", f"--data_dir={data_dir}",
+             f"--model_dir={tmp_path / 'run'}", *QUICK, "--strategy=multi_worker",
+             "--train_steps=6", "--validation_every_steps=3", "--export=false"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TF_CONFIG": json.dumps(tf_config)}))
+    outputs = [p.communicate(timeout=400) for p in processes]
+    for p, (_, err) in zip(processes, outputs):
+        assert p.returncode == 0, err[-3000:]
+    summaries = [_summary(out) for out, _ in outputs]
+    assert summaries[0]["final_step"] == summaries[1]["final_step"] == 6
+    assert summaries[0]["weights_checksum"] == summaries[1]["weights_checksum"]
+    assert summaries[0]["last_validation"] == summaries[1]["last_validation"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["replicas"] == 2 and "MultiWorker" in config["resolved_strategy"]
+    assert _checkpoint_step(tmp_path / "run") == 6  # the chief's
+    assert not [d for d in os.listdir(tmp_path / "run" / "checkpoints") if "workertemp" in d]
+
+
+def test_kill_9_then_restart_resumes_from_the_checkpoint(converted, tmp_path):
+    data_dir, _ = converted
+    model_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "idc_engine.train", f"--data_dir={data_dir}",
+            f"--model_dir={model_dir}", *QUICK, "--checkpoint_every_steps=3",
+            "--validation_every_steps=1000", "--export=false"]
+    process = subprocess.Popen(args + ["--train_steps=100000"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _checkpoint_step(model_dir) < 6 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = _checkpoint_step(model_dir)
+    assert killed_at >= 6, "no checkpoint was written before the kill"
+    result = subprocess.run(args + [f"--train_steps={killed_at + 6}"], capture_output=True,
+                            text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"at step {killed_at}" in result.stderr  # "resumed from ... at step N"
+    assert _summary(result.stdout)["final_step"] == killed_at + 6
+    assert _checkpoint_step(model_dir) == killed_at + 6
+    steps = [s for s, _ in _scalars(str(model_dir / "tensorboard" / "train"))["loss"]]
+    assert min(s for s in steps if s > killed_at) == killed_at + 3  # no step counted twice
+
+
+def test_deterministic_runs_give_identical_losses(converted, tmp_path):
+    data_dir, _ = converted
+    runs = []
+    for name in ("a", "b"):
+        result = _train_cli(data_dir, tmp_path / name, "--deterministic", "--train_steps=9",
+                            "--validation_every_steps=9", "--export=false", "--augment=pathology")
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append((_scalars(str(tmp_path / name / "tensorboard" / "train"))["loss"],
+                     _summary(result.stdout)))
+    (losses_a, summary_a), (losses_b, summary_b) = runs
+    assert len(losses_a) == 3 and losses_a == losses_b
+    assert summary_a["weights_checksum"] == summary_b["weights_checksum"]
+    assert summary_a["last_validation"] == summary_b["last_validation"]
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(converted, tmp_path):
+    data_dir, _ = converted
+    result = _train_cli(data_dir, tmp_path / "run", "--train_steps=30", "--inject_nan_at_step=7",
+                        "--checkpoint_every_steps=3", "--validation_every_steps=1000")
+    assert result.returncode == 3
+    assert "non-finite training loss" in result.stderr and "steps 6..8" in result.stderr
+    assert _checkpoint_step(tmp_path / "run") == 6
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy=tpu"], "--strategy='tpu' is not one of"),
+    (["--num_cpu_devices=2", "--strategy=mirrored", "--global_batch_size=33"],
+     "--global_batch_size=33 is not divisible by the 2 replicas"),
+    (["--class_weights=0:1"], "--class_weights"),
+    (["--optimizer=lamb"], "--optimizer='lamb'"),
+])
+def test_bad_flags_fail_at_start_with_a_clear_message(converted, tmp_path, args, message):
+    data_dir, _ = converted
+    result = _train_cli(data_dir, tmp_path / "run", "--train_steps=3", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_data_dir_is_named(tmp_path):
+    result = _train_cli(tmp_path / "nowhere", tmp_path / "run", "--train_steps=3")
+    assert result.returncode == 2 and "nowhere" in result.stderr and "does not exist" in result.stderr
+
+
+def test_help_documents_every_flag():
+    result = subprocess.run([sys.executable, "-m", "idc_engine.train", "--helpfull"],
+                            capture_output=True, text=True, timeout=120)
+    import dataclasses
+    for field in dataclasses.fields(TrainConfig):
+        assert (f"--{field.name}:" in result.stdout or f"--[no]{field.name}:" in result.stdout), field.name
+
+
+# --- in-process runs ---------------------------------------------------------------------------
+
+def _config(data_dir, model_dir, **overrides) -> TrainConfig:
+    values = dict(data_dir=data_dir, model_dir=str(model_dir), steps_per_loop=5,
+                  global_batch_size=32, augment="d4", strategy="default")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_a_short_run_beats_the_majority_class_on_validation(converted, tmp_path):
+    data_dir, manifest = converted
+    val = manifest["splits"]["val"]
+    majority = max(val["num_positive"], val["num_examples"] - val["num_positive"]) / val["num_examples"]
+    summary = loop.train(_config(data_dir, tmp_path / "run", train_steps=250, learning_rate=2e-3,
+                                 bn_momentum=0.9,
+                                 input_mode="cache", validation_every_steps=50,
+                                 best_metric="val_accuracy", export=False))
+    assert summary["best_value"] >= majority + 0.05, (summary["best_value"], majority)
+    assert summary["last_validation"]["val_auc"] > 0.75
+
+
+def test_config_tensorboard_and_export(converted, tmp_path):
+    data_dir, manifest = converted
+    model_dir = tmp_path / "run"
+    summary = loop.train(_config(data_dir, model_dir, train_steps=10, validation_every_steps=5,
+                                 input_mode="device"))
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["resolved_precision"] == "float32" and "CPU" in config["precision_reason"]
+    assert config["resolved_xla"] is False and config["input_mode"] == "device"
+    train = _scalars(str(model_dir / "tensorboard" / "train"))
+    assert {"loss", "accuracy", "learning_rate", "images_per_sec", "step_time_ms"} <= set(train)
+    val = _scalars(str(model_dir / "tensorboard" / "validation"))
+    assert {"loss", "auc", "idc_f1", "balanced_accuracy"} <= set(val)
+    assert [s for s, _ in val["auc"]] == [5, 10]
+    best = json.loads((model_dir / "best.json").read_text())
+    assert best["val_auc"] == pytest.approx(max(v for _, v in val["auc"]), rel=1e-6)  # TB: float32
+
+    # the SavedModel takes uint8 patches and agrees with the .keras model plus preprocessing
+    import keras
+
+    from idc_engine.model_input import model_input
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (7, 50, 50, 3), dtype=np.uint8)
+    served = tf.saved_model.load(summary["export"]["saved_model"]).signatures["serving_default"]
+    served = served(images=tf.constant(images))["idc_probability"].numpy()
+    pre = json.loads(open(summary["export"]["preprocessing"]).read())
+    model = keras.saving.load_model(summary["export"]["keras"])
+    direct = model(model_input(images, pre["image_size"], pre["channel_mean"],
+                               pre["channel_std"]), training=False).numpy()[:, 1]
+    np.testing.assert_allclose(served, direct, rtol=1e-5, atol=1e-6)
+    assert served.shape == (7,) and ((served >= 0) & (served <= 1)).all()
+
+
+def test_config_validation_names_the_flag(tmp_path):
+    with pytest.raises(ConfigError, match="--data_dir is required"):
+        TrainConfig(model_dir=str(tmp_path)).validate()
+    with pytest.raises(ConfigError, match="--image_size"):
+        TrainConfig(data_dir=str(tmp_path), model_dir=str(tmp_path), image_size=64).validate()
+    with pytest.raises(ConfigError, match="--profile_steps"):
+        TrainConfig(data_dir=str(tmp_path), model_dir=str(tmp_path), profile_steps="5").validate()
+
+
+def test_importing_the_engine_starts_no_tensorflow_runtime():
+    """MultiWorkerMirroredStrategy and logical CPU devices must be set up before the first op;
+    a module that runs an op at import (a module-level tf.constant) breaks both."""
+    code = ("import tensorflow as tf\n"
+            "import idc_engine.training.loop, idc_engine.export, idc_engine.train\n"
+            "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+            "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+            "print(len(tf.config.list_logical_devices('CPU')))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "2"
