@@ -11,9 +11,11 @@ model to --model_dir/export. Every flag: --helpfull.
 
 import dataclasses
 import json
+import logging as std_logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from idc_engine.training import config as config_lib
 
@@ -108,6 +110,11 @@ def main(argv) -> int:
     except config_lib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # TensorFlow's own INFO chatter (saver timings, SavedModel assets), logged through absl
+    # like the engine's progress lines, would drown them: keep INFO from idc_engine only.
+    absl_logging.get_absl_logger().addFilter(
+        lambda record: record.levelno >= std_logging.WARNING or "idc_engine" in record.pathname)
+    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
     from idc_engine.manifest import ManifestError  # TensorFlow loads only past this point
     from idc_engine.training import loop
     try:
@@ -115,6 +122,9 @@ def main(argv) -> int:
     except (config_lib.ConfigError, ManifestError, loop.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, loop.TrainingError) else 3
+    from idc_engine.training import summaries
+    print(summaries.format_run(summary, summary["strategy"]))
+    # the same for programs (tests, benchmarks): the last JSON object on stdout
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1, default=str))
     return 0
 

@@ -31,7 +31,7 @@ def _train_cli(data_dir, model_dir, *args, env=None, timeout=400):
 
 
 def _summary(stdout: str) -> dict:
-    return json.loads(stdout[stdout.index("{"):])
+    return json.loads(stdout[stdout.index("\n{") + 1:])  # the JSON after the readable report
 
 
 def _checkpoint_step(model_dir, sub="checkpoints") -> int:
@@ -252,3 +252,79 @@ def test_importing_the_engine_starts_no_tensorflow_runtime():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "2"
+
+
+@pytest.mark.parametrize("precision, batch", [("mixed_bfloat16", 32), ("mixed_float16", 8)])
+def test_mixed_precision_trains(converted, tmp_path, precision, batch):
+    """mixed_float16 goes through the LossScaleOptimizer (very slow on a CPU: a tiny batch)."""
+    data_dir, _ = converted
+    result = _train_cli(data_dir, tmp_path / "run", f"--precision={precision}",
+                        f"--global_batch_size={batch}", "--train_steps=3",
+                        "--validation_every_steps=3", "--export=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = _summary(result.stdout)
+    assert summary["precision"] == precision and np.isfinite(summary["last_validation"]["val_loss"])
+
+
+def test_frozen_backbone_then_fine_tuning(converted, tmp_path):
+    import keras
+
+    from idc_engine import models
+    data_dir, manifest = converted
+    batch = 128
+    steps_per_epoch = manifest["splits"]["train"]["num_examples"] // batch
+    options = dict(model="mobilenet_v2", global_batch_size=batch, freeze_backbone_epochs=1,
+                   fine_tune_lr_factor=0.1, validation_every_steps=1000, export=False,
+                   lr_schedule="constant", learning_rate=1e-3, augment="none", seed=3)
+    run = tmp_path / "run"
+    loop.train(_config(data_dir, run, train_steps=steps_per_epoch, **options))
+
+    def backbone_and_head(step):
+        model = models.build_model("mobilenet_v2", (50, 50, 3))
+        tf.train.Checkpoint(model=model).restore(
+            os.path.join(run, "checkpoints", f"ckpt-{step}")).expect_partial()
+        return (model.get_layer("backbone").get_weights(), model.get_layer("logits").get_weights())
+
+    keras.utils.set_random_seed(3)  # the initial weights of the run
+    initial = models.build_model("mobilenet_v2", (50, 50, 3))
+    frozen_backbone, frozen_head = backbone_and_head(steps_per_epoch)
+    for a, b in zip(initial.get_layer("backbone").get_weights(), frozen_backbone):
+        np.testing.assert_array_equal(a, b)  # weights and BN statistics untouched while frozen
+    assert not np.array_equal(initial.get_layer("logits").get_weights()[0], frozen_head[0])
+
+    loop.train(_config(data_dir, run, train_steps=steps_per_epoch + 2, **options))  # resumes
+    thawed_backbone, _ = backbone_and_head(steps_per_epoch + 2)
+    assert any(not np.array_equal(a, b) for a, b in zip(frozen_backbone, thawed_backbone))
+    rates = [v for s, v in _scalars(str(run / "tensorboard" / "train"))["learning_rate"]
+             if s > steps_per_epoch]
+    assert rates and all(r == pytest.approx(1e-4) for r in rates)
+
+
+def test_plateau_reduces_the_rate_and_early_stopping_ends_the_run(converted, tmp_path):
+    data_dir, _ = converted
+    run = tmp_path / "run"
+    # a rate too small to change anything: the validation metric cannot improve after step 2
+    summary = loop.train(_config(data_dir, run, train_steps=40, steps_per_loop=2,
+                                 validation_every_steps=2, learning_rate=1e-12,
+                                 lr_schedule="plateau", plateau_patience=1, plateau_factor=0.5,
+                                 early_stopping_patience=3, best_metric="val_loss", export=False))
+    assert summary["stopped_early"] and summary["final_step"] == 8
+    rates = dict(_scalars(str(run / "tensorboard" / "train"))["learning_rate"])
+    # logged after each loop, before that step's validation: reductions at steps 4 and 6 show
+    assert rates[4] / rates[2] == pytest.approx(1.0) and rates[6] / rates[2] == pytest.approx(0.5)
+    assert rates[8] / rates[2] == pytest.approx(0.25)
+    assert _checkpoint_step(run, "best") == 2
+
+
+def test_profile_steps_write_a_trace(converted, tmp_path):
+    data_dir, _ = converted
+    run = tmp_path / "run"
+    loop.train(_config(data_dir, run, train_steps=6, steps_per_loop=2, profile_steps="2,4",
+                       validation_every_steps=1000, export=False))
+    traces = [f for _, _, files in os.walk(run / "profile") for f in files if ".xplane.pb" in f]
+    assert traces
+
+
+def test_freezing_a_model_without_backbone_is_refused(converted, tmp_path):
+    with pytest.raises(ConfigError, match="--freeze_backbone_epochs needs a model with a backbone"):
+        loop.train(_config(converted[0], tmp_path / "run", train_steps=2, freeze_backbone_epochs=1))

@@ -3,19 +3,29 @@
 #   1. generate a Kaggle-layout tree with every real-world quirk (duplicate tree, undersized and
 #      truncated patches, litter, a mislabelled and an unparseable file),
 #   2. convert it to patient-sharded TFRecords and print the conversion report,
-#   3. re-read every shard against the manifest.
-# Idempotent: every run regenerates the same tree (fixed seed) and replaces the conversion.
+#   3. re-read every shard against the manifest,
+#   4. train CancerNet for a short run on the CPU and print its validation metrics.
+# Idempotent: every run regenerates the same tree (fixed seed) and starts training afresh.
 set -euo pipefail
+# TensorFlow's C++ start-up lines ("I0000 ... oneDNN", "cuInit" on a machine without a GPU)
+quiet() { grep -v -E "^(WARNING: All log messages|[IWE]0000 |To enable the following instructions)" || true; }
 RUN_DIR=${RUN_DIR:-runs/demo}
 TREE="$RUN_DIR/idc_synthetic"
 DATA="$RUN_DIR/tfrecords"
+MODEL="$RUN_DIR/cancernet"
 
-echo "== 1/3 generate the embedded dataset into $TREE"
+echo "== 1/4 generate the embedded dataset into $TREE"
 rm -rf "$TREE"
 python -m idc_engine.synthetic --output_dir="$TREE" --num_patients=40 --seed=0 --quirks
 
-echo "== 2/3 convert to TFRecords in $DATA"
+echo "== 2/4 convert to TFRecords in $DATA"
 python -m idc_engine.convert --input_dir="$TREE" --output_dir="$DATA" --overwrite
 
-echo "== 3/3 verify every shard against $DATA/manifest.json"
-python -m idc_engine.convert --verify --output_dir="$DATA"
+echo "== 3/4 verify every shard against $DATA/manifest.json"
+python -m idc_engine.convert --verify --output_dir="$DATA" 2>&1 | quiet
+
+echo "== 4/4 train CancerNet (flags/cpu_quick.flags) into $MODEL"
+rm -rf "$MODEL"
+python -m idc_engine.train --flagfile=flags/cpu_quick.flags --data_dir="$DATA" \
+  --model_dir="$MODEL" --logtostderr 2>&1 | quiet | sed '/^{/,$d'
+echo "TensorBoard: tensorboard --logdir=$MODEL/tensorboard"

@@ -18,7 +18,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from idc_engine import manifest as manifest_lib, metrics as metrics_lib, models, pipeline
+from idc_engine import manifest as manifest_lib
+from idc_engine import metrics as metrics_lib
+from idc_engine import models, pipeline
 from idc_engine.augment import augment_on_device, parse_spec, write_augmentation_summary
 from idc_engine.model_input import model_input
 from idc_engine.training import devices, objectives, summaries
@@ -60,8 +62,8 @@ def train(config: TrainConfig) -> dict:
     policy, precision_reason = devices.resolve_precision(config.precision)
     use_xla, xla_reason = devices.resolve_xla(config.xla, config.model)
     devices.set_precision_policy(policy)
+    keras.utils.set_random_seed(config.seed)  # the same initial weights for the same seed
     if config.deterministic:
-        keras.utils.set_random_seed(config.seed)
         tf.config.experimental.enable_op_determinism()
     is_chief = _is_chief(strategy)
     logging.info("strategy: %s", strategy_description)
@@ -88,13 +90,18 @@ def train(config: TrainConfig) -> dict:
     compute_dtype = keras.mixed_precision.global_policy().compute_dtype
 
     # --- model, optimizer, checkpoint ------------------------------------------------------------
+    if config.freeze_backbone_epochs and config.model not in models.BACKBONE_MODELS:
+        raise ConfigError(f"--freeze_backbone_epochs needs a model with a backbone "
+                          f"({', '.join(sorted(models.BACKBONE_MODELS))}), not {config.model}")
     input_shape = (config.image_size, config.image_size, 3)
     with strategy.scope():
         model = models.build_model(config.model, input_shape,
                                    weights_path=config.weights_path or None,
                                    backbone_input_size=config.backbone_input_size or None)
         models.set_batchnorm_momentum(model, config.bn_momentum)
-        schedule = objectives.make_schedule(config, total_steps)
+        freeze_until = config.freeze_backbone_epochs * steps_per_epoch
+        schedule = objectives.make_schedule(config, total_steps,
+                                            fine_tune_from=freeze_until or None)
         optimizer = objectives.make_optimizer(config, schedule)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -265,18 +272,16 @@ def train(config: TrainConfig) -> dict:
                 config.data_dir, "train", config.global_batch_size, training=True,
                 input_context=ctx, cache=config.input_mode == "cache", seed=data_seed,
                 deterministic=config.deterministic, shuffle_buffer=config.shuffle_buffer)))
-    freeze_until = config.freeze_backbone_epochs * steps_per_epoch
     frozen = start_step < freeze_until and models.set_backbone_trainable(model, False)
     train_loop = make_train_loop()
     profile = parse_profile_steps(config.profile_steps)
     boundaries = [validation_every, checkpoint_every, log_every]
-    history, last_metrics, stopped_early = [], {}, False
+    history, last_metrics, stopped_early, rates = [], {}, False, []
     step = start_step
     loops = 0
     while step < total_steps:
         if frozen and step >= freeze_until:
-            models.set_backbone_trainable(model, True)
-            schedule.multiplier.assign(schedule.multiplier * config.fine_tune_lr_factor)
+            models.set_backbone_trainable(model, True)  # the schedule applies the LR factor
             frozen, train_loop = False, make_train_loop()  # new variables: a new trace
             logging.info("step %d: backbone unfrozen, learning rate x %g", step,
                          config.fine_tune_lr_factor)
@@ -305,6 +310,8 @@ def train(config: TrainConfig) -> dict:
         learning_rate = float(schedule(optimizer.iterations))
         # the first loop includes tracing and compilation: not a throughput figure
         images_per_s = count / seconds if loops > 1 else None
+        if images_per_s:
+            rates.append(images_per_s)
         writers.train_scalars(step, loss=train_loss, accuracy=correct / max(count, 1.0),
                               learning_rate=learning_rate, images_per_sec=images_per_s,
                               step_time_ms=1000 * seconds / num_steps if loops > 1 else None)
@@ -342,7 +349,11 @@ def train(config: TrainConfig) -> dict:
     summary = {"final_step": step, "stopped_early": stopped_early, "history": history,
                "best_metric": config.best_metric,
                "best_value": tracker.best if math.isfinite(tracker.best) else None,
-               "last_validation": last_metrics, "weights_checksum": weights_checksum(model)}
+               "last_validation": last_metrics, "weights_checksum": weights_checksum(model),
+               # median over loops after the first (tracing, compilation); None if only one
+               "images_per_sec": float(np.median(rates)) if rates else None,
+               "strategy": strategy_description, "replicas": replicas, "precision": policy,
+               "xla": use_xla}
     if config.export and is_chief:
         from idc_engine import export  # SavedModel tooling only where it is used
         best = tf.train.latest_checkpoint(best_dir)

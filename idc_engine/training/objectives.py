@@ -37,22 +37,35 @@ def per_example_loss(kind: str, labels, probabilities, focal_gamma: float = 2.0)
 
 
 class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """base(step) * multiplier, the multiplier a non-trainable variable set from the host."""
+    """base(step) * multiplier * (fine_tune_factor once step >= fine_tune_from).
 
-    def __init__(self, base):
+    The multiplier is a non-trainable variable set from the host (reduce-on-plateau) and
+    checkpointed; the fine-tuning factor is a function of the step, so a run resumed at any
+    step gets the same rate as one that never stopped.
+    """
+
+    def __init__(self, base, fine_tune_from: int | None = None, fine_tune_factor: float = 1.0):
         self.base = base
+        self.fine_tune_from, self.fine_tune_factor = fine_tune_from, fine_tune_factor
         self.multiplier = tf.Variable(1.0, trainable=False, dtype=tf.float32,
                                       name="lr_multiplier")
 
     def __call__(self, step):
-        base = self.base(step) if callable(self.base) else self.base
-        return tf.cast(base, tf.float32) * self.multiplier
+        rate = tf.cast(self.base(step) if callable(self.base) else self.base, tf.float32)
+        rate *= self.multiplier
+        if self.fine_tune_from is not None:
+            rate *= tf.where(tf.cast(step, tf.int64) >= self.fine_tune_from,
+                             self.fine_tune_factor, 1.0)
+        return rate
 
     def get_config(self):
-        return {"base": self.base if not callable(self.base) else self.base.get_config()}
+        return {"base": self.base if not callable(self.base) else self.base.get_config(),
+                "fine_tune_from": self.fine_tune_from, "fine_tune_factor": self.fine_tune_factor}
 
 
-def make_schedule(config: TrainConfig, total_steps: int) -> ScaledSchedule:
+def make_schedule(config: TrainConfig, total_steps: int, fine_tune_from: int | None = None
+                  ) -> ScaledSchedule:
+    """The run's learning rate; `fine_tune_from`: the step at which a frozen backbone thaws."""
     lr = config.learning_rate
     if config.lr_schedule == "inverse_time":
         # the tutorial: Adagrad(decay=INIT_LR / NUM_EPOCHS), i.e. lr / (1 + decay * step)
@@ -65,7 +78,7 @@ def make_schedule(config: TrainConfig, total_steps: int) -> ScaledSchedule:
             warmup_target=lr if warmup else None, warmup_steps=warmup)
     else:  # constant, and plateau (whose reductions go through the multiplier)
         base = lr
-    return ScaledSchedule(base)
+    return ScaledSchedule(base, fine_tune_from, config.fine_tune_lr_factor)
 
 
 def make_optimizer(config: TrainConfig, schedule) -> keras.optimizers.Optimizer:

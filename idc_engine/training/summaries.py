@@ -84,3 +84,30 @@ def format_metrics(metrics: dict) -> str:
     keys = ("loss", "accuracy", "auc", "idc_precision", "idc_recall", "idc_f1",
             "balanced_accuracy")
     return ", ".join(f"{k} {metrics['val_' + k]:.4f}" for k in keys if "val_" + k in metrics)
+
+
+def format_run(summary: dict, strategy: str) -> str:
+    """The end-of-run report printed by python -m idc_engine.train."""
+    rate = summary.get("images_per_sec")
+    lines = [f"trained {summary['final_step']} steps on {strategy}, {summary['precision']}, "
+             f"XLA {'on' if summary['xla'] else 'off'}"
+             + (f": {rate:,.0f} images/s" if rate else "")
+             + (" (stopped early)" if summary["stopped_early"] else "")]
+    if summary.get("best_value") is not None:
+        lines.append(f"best {summary['best_metric']}: {summary['best_value']:.4f}")
+    last = summary.get("last_validation")
+    if last:
+        lines += [
+            f"last validation ({last['val_num_examples']:,} patches, threshold "
+            f"{last['val_threshold']}):",
+            f"  loss {last['val_loss']:.4f}  accuracy {last['val_accuracy']:.4f}  balanced "
+            f"accuracy {last['val_balanced_accuracy']:.4f}  ROC-AUC {last['val_auc']:.4f}",
+            f"  IDC      precision {last['val_idc_precision']:.4f}  recall (sensitivity) "
+            f"{last['val_idc_recall']:.4f}  F1 {last['val_idc_f1']:.4f}",
+            f"  non-IDC  precision {last['val_non_idc_precision']:.4f}  recall (specificity) "
+            f"{last['val_non_idc_recall']:.4f}  F1 {last['val_non_idc_f1']:.4f}",
+            f"  confusion [[TN, FP], [FN, TP]]: {last['val_confusion_matrix']}"]
+    if summary.get("export"):
+        lines.append(f"exported: {summary['export']['saved_model']} (uint8 patches -> IDC "
+                     f"probability) and {summary['export']['keras']}")
+    return "\n".join(lines)
