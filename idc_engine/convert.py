@@ -22,12 +22,13 @@ import time
 
 from absl import app, flags
 
+import idc_engine
 from idc_engine import kaggle_tree, records, shard_writer, splits
 from idc_engine import manifest as manifest_lib
 
 STAGING_PREFIX = ".convert-staging-"
 IMAGE_ENCODINGS = ("raw", "png")
-VERSION = "0.1.0"
+
 
 
 class ConversionError(RuntimeError):
@@ -250,7 +251,7 @@ def build_manifest(listing, patient_split, settings, results, input_dir, image_e
         "ignored_files": listing.ignored,
         "input": {"dir": os.path.abspath(input_dir), "num_png_files": listing.num_png_files,
                   "num_unique_patches": len(listing.patches), "fingerprint": listing.fingerprint},
-        "created_by": f"idc_engine.convert {VERSION}",
+        "created_by": f"idc_engine.convert {idc_engine.__version__}",
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
