@@ -30,7 +30,6 @@ STAGING_PREFIX = ".convert-staging-"
 IMAGE_ENCODINGS = ("raw", "png")
 
 
-
 class ConversionError(RuntimeError):
     """The conversion cannot go on; the message says which file or flag and what to do."""
 
