@@ -1,0 +1,470 @@
+"""Evaluation: metric values against hand-computed cases, the threshold chosen without the test
+labels, bootstrap intervals, and python -m idc_engine.evaluate end to end on real TFRecords with
+a real (tiny) trained model. Slide maps: tests/test_slide_maps.py.
+
+One model is trained per session (`trained`), on a conversion of the shared synthetic tree whose
+val and test splits hold 3 and 4 patients, so patient-level results have something to aggregate.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import read_records, shard_paths
+from sklearn import metrics as sk
+
+from idc_engine import convert, records
+from idc_engine import manifest as manifest_lib
+from idc_engine import metrics as metrics_lib
+from idc_engine.evaluate import EvaluateConfig, EvaluationError, evaluate
+from idc_engine.evaluation import patients, plots, thresholds
+from idc_engine.manifest import ManifestError
+
+FIGURES = ("confusion_matrix", "roc", "precision_recall", "calibration", "patients", "threshold",
+           "training_curves")
+
+
+# --- hand-computed metrics -----------------------------------------------------------------------
+
+# 10 patches: 4 IDC, 6 non-IDC. At threshold 0.5: TP = 3 (0.9, 0.8, 0.6), FN = 1 (0.3),
+# FP = 1 (0.7), TN = 5.
+LABELS = np.array([1, 1, 0, 1, 1, 0, 0, 0, 0, 0])
+PROBS = np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.2, 0.1, 0.4, 0.05, 0.15])
+
+
+def test_metrics_by_class_match_a_hand_computed_case():
+    m = metrics_lib.evaluation_metrics(LABELS, PROBS, threshold=0.5)
+    assert m["confusion_matrix"] == [[5, 1], [1, 3]]          # [[TN, FP], [FN, TP]]
+    assert m["idc_sensitivity"] == pytest.approx(3 / 4)       # TP / (TP + FN)
+    assert m["idc_specificity"] == pytest.approx(5 / 6)       # TN / (TN + FP)
+    assert m["idc_precision"] == m["idc_ppv"] == pytest.approx(3 / 4)
+    assert m["non_idc_precision"] == m["idc_npv"] == pytest.approx(5 / 6)
+    assert m["idc_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    assert m["non_idc_f1"] == pytest.approx(2 * 5 / (2 * 5 + 1 + 1))
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 5 / 6) / 2)
+    assert m["accuracy"] == pytest.approx(8 / 10)
+    assert m["mcc"] == pytest.approx((3 * 5 - 1 * 1) / math.sqrt(4 * 4 * 6 * 6))
+    assert m["idc_prevalence"] == 0.4 and m["predicted_idc_fraction"] == 0.4
+    # ROC-AUC: of the 24 (IDC, non-IDC) pairs, IDC scores higher in all but (0.3 < 0.7),
+    # (0.3 < 0.4) and (0.6 < 0.7): 21 / 24
+    assert m["auc"] == pytest.approx(21 / 24)
+    # average precision: IDC at ranks 1, 2, 4, 6 -> precisions 1, 1, 3/4, 4/6, each recall step 1/4
+    assert m["pr_auc"] == pytest.approx((1 + 1 + 3 / 4 + 4 / 6) / 4)
+    assert m["brier_score"] == pytest.approx(np.mean((PROBS - LABELS) ** 2))
+
+
+def test_the_tutorials_sensitivity_is_the_idc_specificity():
+    """BRIEF.md section 3: cm[0,0] / (cm[0,0] + cm[0,1]) is non-IDC recall = IDC specificity."""
+    m = metrics_lib.evaluation_metrics(LABELS, PROBS, threshold=0.5)
+    cm = np.array(m["confusion_matrix"])
+    tutorial_sensitivity = cm[0, 0] / (cm[0, 0] + cm[0, 1])
+    tutorial_specificity = cm[1, 1] / (cm[1, 0] + cm[1, 1])
+    assert tutorial_sensitivity == pytest.approx(m["idc_specificity"]) != m["idc_sensitivity"]
+    assert tutorial_specificity == pytest.approx(m["idc_sensitivity"])
+    report, text = metrics_lib.classification_report(LABELS, PROBS, 0.5)
+    assert report["IDC"]["recall"] == pytest.approx(m["idc_sensitivity"])
+    assert report["non-IDC"]["recall"] == pytest.approx(m["idc_specificity"])
+    assert report["IDC"]["support"] == 4 and report["non-IDC"]["support"] == 6
+    assert "non-IDC" in text and "IDC" in text
+
+
+def test_calibration_bins_and_ece_match_a_hand_computed_case():
+    c = metrics_lib.calibration_bins([0, 0, 1, 1], [0.05, 0.15, 0.15, 0.95], num_bins=10)
+    assert c["count"] == [1, 2, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert c["mean_probability"][1] == pytest.approx(0.15)
+    assert c["observed_idc_fraction"][:2] == [0.0, 0.5] and c["observed_idc_fraction"][9] == 1.0
+    assert math.isnan(c["observed_idc_fraction"][5])
+    # |0 - .05| * 1/4 + |.5 - .15| * 2/4 + |1 - .95| * 1/4
+    assert c["expected_calibration_error"] == pytest.approx(0.0125 + 0.175 + 0.0125)
+    assert c["maximum_calibration_error"] == pytest.approx(0.35)
+
+
+# --- thresholds ----------------------------------------------------------------------------------
+
+# Operating points (patch called IDC when p >= t), 3 IDC and 3 non-IDC:
+#   t    0.9   0.8   0.7   0.6   0.3   0.2
+#   TP    1     2     2     3     3     3
+#   FP    0     0     1     1     2     3
+#   F1   .5    .8   .667  .857   .75  .667
+#   J   .333  .667  .333  .667  .333    0
+T_LABELS = [1, 1, 0, 1, 0, 0]
+T_PROBS = [0.9, 0.8, 0.7, 0.6, 0.3, 0.2]
+
+
+@pytest.mark.parametrize("rule, expected, value", [
+    ("max_f1", 0.6, 6 / 7),
+    ("youden", 0.8, 2 / 3),            # tied with 0.6: the higher threshold wins
+    ("recall:0.9", 0.6, 1.0),          # highest threshold with sensitivity >= 0.9
+    ("recall:0.6", 0.8, 2 / 3),
+    ("sensitivity:0.6", 0.8, 2 / 3),
+    ("specificity:0.9", 0.8, 1.0),     # lowest threshold with specificity >= 0.9
+    ("specificity:0.6", 0.6, 2 / 3),
+    ("0.35", 0.35, None),
+])
+def test_choose_threshold_matches_hand_computed_operating_points(rule, expected, value):
+    threshold, details = thresholds.choose_threshold(T_LABELS, T_PROBS, rule)
+    assert threshold == pytest.approx(expected)
+    assert details["value"] == (None if value is None else pytest.approx(value))
+    at = metrics_lib.classification_metrics(T_LABELS, T_PROBS, threshold)
+    assert details["idc_sensitivity"] == at["idc_sensitivity"]
+    assert details["idc_f1"] == at["idc_f1"]
+
+
+def test_a_chosen_threshold_reproduces_its_operating_point_with_saturated_probabilities():
+    """float32 softmax saturates at exactly 1.0; metrics clip probabilities to 1 - 1e-7, so the
+    threshold must come from clipped values or the chosen point would predict no IDC at all."""
+    labels, probs = [1, 1, 1, 0, 0], np.array([1.0, 1.0, 1.0, 1.0, 0.2], np.float32)
+    threshold, details = thresholds.choose_threshold(labels, probs, "specificity:0.5")
+    assert threshold <= 1 - metrics_lib.PROBABILITY_CLIP
+    assert metrics_lib.classification_metrics(labels, probs, threshold)["idc_recall"] == 1.0
+
+
+def test_the_threshold_depends_only_on_the_split_it_is_chosen_on():
+    rng = np.random.default_rng(0)
+    val_labels = rng.integers(0, 2, 400)
+    val_probs = np.clip(0.35 * val_labels + 0.65 * rng.random(400), 0, 1)
+    chosen = thresholds.choose_threshold(val_labels, val_probs, "max_f1")
+    for _ in range(3):  # whatever the test split looks like, nothing of it goes in
+        test_labels = rng.integers(0, 2, 300)
+        metrics_lib.evaluation_metrics(test_labels, rng.random(300), chosen[0])
+        assert thresholds.choose_threshold(val_labels, val_probs, "max_f1") == chosen
+
+
+@pytest.mark.parametrize("rule", ["max_f2", "recall", "recall:1.5", "1.2", "specificity:0", "",
+                                  "nan"])
+def test_bad_threshold_rules_are_refused(rule):
+    with pytest.raises(ValueError, match="threshold rule"):
+        thresholds.parse_rule(rule)
+
+
+def test_a_threshold_rule_needs_both_classes():
+    with pytest.raises(ValueError, match="both classes"):
+        thresholds.choose_threshold([1, 1, 1], [0.2, 0.5, 0.9], "max_f1")
+
+
+# --- patients and the bootstrap ------------------------------------------------------------------
+
+def _cohort(seed=0, num_patients=12, size=2400):
+    rng = np.random.default_rng(seed)
+    patient = rng.integers(0, num_patients, size)
+    rate = rng.uniform(0.05, 0.6, num_patients)[patient]           # IDC extent varies by patient
+    labels = (rng.random(size) < rate).astype(int)
+    probs = np.clip(0.4 * labels + 0.6 * rng.random(size) + 0.1 * rng.normal(size=size), 0, 1)
+    return np.array([f"p{i:02d}" for i in patient]), labels, probs
+
+
+def test_per_patient_rows_and_patient_metrics_match_a_hand_computed_case():
+    ids = ["b", "b", "b", "b", "a", "a"]
+    labels = [1, 1, 0, 0, 0, 0]
+    probs = [0.9, 0.2, 0.8, 0.1, 0.6, 0.3]
+    rows = patients.per_patient(ids, labels, probs, threshold=0.5)
+    a, b = rows  # sorted by id
+    assert (a["patient_id"], a["num_patches"], a["true_idc_fraction"]) == ("a", 2, 0.0)
+    assert a["predicted_idc_fraction"] == 0.5 and math.isnan(a["idc_sensitivity"])
+    assert b["true_idc_fraction"] == 0.5 and b["predicted_idc_fraction"] == 0.5
+    assert b["idc_sensitivity"] == 0.5 and b["idc_specificity"] == 0.5
+    assert b["auc"] == 0.75  # IDC {0.9, 0.2} vs non-IDC {0.8, 0.1}: 3 of 4 pairs ordered
+    agg = patients.patient_metrics(rows)
+    assert agg["idc_fraction_mae"] == pytest.approx((0.5 + 0.0) / 2)
+    assert agg["idc_fraction_bias"] == pytest.approx(0.25)
+    assert agg["patient_mean_idc_sensitivity"] == 0.5      # patient "a" has no IDC: left out
+    assert agg["mean_probability_mae"] == pytest.approx((0.45 + 0.0) / 2)
+
+
+def test_bootstrap_estimates_equal_the_pooled_metrics_and_contain_them():
+    ids, labels, probs = _cohort()
+    result = patients.bootstrap(ids, labels, probs, 0.5, num_samples=300, seed=1)
+    pooled = metrics_lib.evaluation_metrics(labels, probs, 0.5)
+    for name, interval in result["patch"].items():
+        assert interval["estimate"] == pytest.approx(pooled[name], abs=1e-12), name
+        assert interval["low"] <= interval["estimate"] <= interval["high"], name
+        assert interval["num_valid"] == 300
+    agg = patients.patient_metrics(patients.per_patient(ids, labels, probs, 0.5))
+    for name, interval in result["patient"].items():
+        assert interval["estimate"] == pytest.approx(agg[name], abs=1e-12), name
+        assert interval["low"] <= interval["estimate"] <= interval["high"], name
+    assert result["num_patients"] == 12 and result["seed"] == 1
+
+
+def test_bootstrap_is_reproducible_with_a_seed_and_changes_with_another():
+    ids, labels, probs = _cohort(seed=3)
+    first = patients.bootstrap(ids, labels, probs, 0.5, num_samples=200, seed=7)
+    assert patients.bootstrap(ids, labels, probs, 0.5, num_samples=200, seed=7) == first
+    other = patients.bootstrap(ids, labels, probs, 0.5, num_samples=200, seed=8)
+    assert other["patch"]["auc"]["estimate"] == first["patch"]["auc"]["estimate"]
+    assert (other["patch"]["auc"]["low"], other["patch"]["auc"]["high"]) != (
+        first["patch"]["auc"]["low"], first["patch"]["auc"]["high"])
+
+
+def test_a_replicate_weights_each_drawn_patient_like_copies_of_its_patches():
+    """The fast replicate (one sort, patient weights) equals scikit-learn on the duplicated
+    patches of the drawn patients."""
+    ids, labels, probs = _cohort(seed=5, num_patients=6, size=900)
+    probs = np.round(probs, 2)  # ties, as in real outputs
+    names = sorted(set(ids))
+    index = np.array([names.index(i) for i in ids])
+    draw = np.array([0, 0, 2, 3, 3, 3], np.float64)  # patients 1, 4 and 5 not drawn
+    pooled = patients._PooledPatches(index, labels, metrics_lib.clip_probability(probs), 0.5, 6)
+    got = pooled.metrics(draw)
+    repeat = draw[index].astype(int)
+    dup_labels, dup_probs = np.repeat(labels, repeat), np.repeat(probs, repeat)
+    want = metrics_lib.evaluation_metrics(dup_labels, dup_probs, 0.5)
+    assert got["auc"] == pytest.approx(sk.roc_auc_score(dup_labels, dup_probs), abs=1e-12)
+    assert got["pr_auc"] == pytest.approx(sk.average_precision_score(dup_labels, dup_probs),
+                                          abs=1e-12)
+    for name in ("idc_sensitivity", "idc_specificity", "idc_f1", "mcc", "brier_score"):
+        assert got[name] == pytest.approx(want[name], abs=1e-12), name
+
+
+def test_bootstrap_over_one_patient_gives_no_interval():
+    result = patients.bootstrap(["a"] * 4, [0, 1, 0, 1], [0.1, 0.8, 0.3, 0.6], 0.5, 50, 0)
+    assert math.isnan(result["patch"]["auc"]["low"]) and result["patch"]["auc"]["estimate"] == 1
+
+
+# --- a converted split with enough patients, and one trained model -------------------------------
+
+@pytest.fixture(scope="session")
+def eval_data(idc_tree, tmp_path_factory):
+    """(data_dir, manifest): the shared tree with 9 train, 3 val and 4 test patients, spread
+    over the range of IDC extent."""
+    root, summary = idc_tree
+    ranked = sorted(summary["patients"], key=lambda p: (
+        summary["patients"][p]["num_positive"] / summary["patients"][p]["num_patches"], p))
+    split = {p: "train" for p in ranked}
+    split.update({p: "test" for p in ranked[1::4]})
+    split.update({p: "val" for p in ranked[3::4][:3]})
+    base = tmp_path_factory.mktemp("evaluate_data")
+    split_file = base / "split.json"
+    split_file.write_text(json.dumps(split))
+    out = str(base / "tfrecords")
+    manifest = convert.convert_tree(root, out, split_file=str(split_file), num_workers=2,
+                                    min_shards=2, progress=False)
+    return out, manifest
+
+
+@pytest.fixture(scope="session")
+def trained(eval_data, tmp_path_factory):
+    """model_dir of one short CancerNet run, better than chance, exported."""
+    from idc_engine.training import loop
+    from idc_engine.training.config import TrainConfig
+
+    data_dir, _ = eval_data
+    model_dir = str(tmp_path_factory.mktemp("evaluate_run") / "run")
+    loop.train(TrainConfig(data_dir=data_dir, model_dir=model_dir, train_steps=150,
+                           steps_per_loop=10, global_batch_size=32, augment="d4",
+                           strategy="default", bn_momentum=0.9, input_mode="cache",
+                           learning_rate=2e-3, validation_every_steps=50,
+                           best_metric="val_auc"))
+    return model_dir
+
+
+def _copy_run(model_dir, tmp_path) -> str:
+    """A private copy of the trained run, for tests that write another threshold.json."""
+    copy = str(tmp_path / "run")
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("evaluation", "checkpoints",
+                                                                   "best"))
+    return copy
+
+
+@pytest.fixture(scope="session")
+def evaluation(trained, eval_data):
+    data_dir, _ = eval_data
+    return evaluate(EvaluateConfig(model_dir=trained, data_dir=data_dir, bootstrap=300,
+                                   slides="2", batch_size=128))
+
+
+def _predictions(output_dir):
+    import csv
+    with open(os.path.join(output_dir, "predictions.csv")) as f:
+        rows = list(csv.DictReader(f))
+    return (np.array([int(r["label"]) for r in rows]),
+            np.array([float(r["idc_probability"]) for r in rows]), rows)
+
+
+def test_evaluation_writes_metrics_figures_threshold_and_slide_maps(evaluation, trained, eval_data):
+    _, manifest = eval_data
+    out = os.path.join(trained, "evaluation", "test")
+    assert evaluation["output_dir"] == out
+    saved = json.loads(open(os.path.join(out, "metrics.json")).read())
+    test = manifest["splits"]["test"]
+    assert saved["patch"]["num_examples"] == test["num_examples"]
+    assert saved["patch"]["num_idc"] == test["num_positive"]
+    assert saved["patient"]["num_patients"] == len(test["patients"]) == 4
+    assert {r["patient_id"] for r in saved["patients"]} == set(test["patients"])
+    assert saved["patch"]["auc"] > 0.75  # the tiny model learned something
+    assert set(saved["classification_report"]) >= {"non-IDC", "IDC", "macro avg"}
+    assert len(saved["calibration"]["count"]) == 10
+
+    threshold = json.loads(open(os.path.join(trained, "export", "threshold.json")).read())
+    assert threshold["chosen_on"] == "val" and threshold["rule"] == "max_f1"
+    assert threshold["threshold"] == saved["threshold"]["threshold"] == saved["patch"]["threshold"]
+    assert threshold["criterion"] == "idc_f1" and 0 < threshold["value"] <= 1
+
+    for name in FIGURES:
+        path = os.path.join(out, f"{name}.png")
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 10_000
+    slides = sorted(os.listdir(os.path.join(out, "slides")))
+    assert len(slides) == 2 and all(s.startswith("patient_") for s in slides)
+    for name in ("summary.txt", "patients.csv", "predictions.csv"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+
+
+def test_evaluation_metrics_agree_with_its_own_predictions(evaluation):
+    labels, probs, rows = _predictions(evaluation["output_dir"])
+    threshold = evaluation["threshold"]["threshold"]
+    again = metrics_lib.evaluation_metrics(labels, probs, threshold)
+    assert again["confusion_matrix"] == evaluation["patch"]["confusion_matrix"]
+    assert again["auc"] == pytest.approx(evaluation["patch"]["auc"], abs=1e-6)
+    assert [int(r["predicted"]) for r in rows] == list(
+        (metrics_lib.clip_probability(probs) >= threshold).astype(int))
+    per = {r["patient_id"]: r for r in evaluation["patients"]}
+    for patient in per:
+        mask = np.array([r["patient_id"] == patient for r in rows])
+        assert per[patient]["true_idc_fraction"] == pytest.approx(labels[mask].mean())
+
+
+def test_evaluation_intervals_contain_the_point_estimates(evaluation):
+    intervals = evaluation["confidence_intervals"]
+    assert intervals["num_patients"] == 4 and intervals["num_samples"] == 300
+    for level in ("patch", "patient"):
+        for name, ci in intervals[level].items():
+            assert ci["low"] <= ci["estimate"] <= ci["high"], (level, name, ci)
+    assert intervals["patch"]["auc"]["estimate"] == pytest.approx(evaluation["patch"]["auc"])
+
+
+def test_evaluation_writes_tensorboard(evaluation, trained):
+    from tensorboard.compat.proto import event_pb2
+
+    log_dir = os.path.join(trained, "tensorboard", "evaluation_test")
+    scalars = plots.read_scalars(log_dir)
+    assert {"auc", "pr_auc", "idc_sensitivity", "idc_specificity", "brier_score",
+            "patient/idc_fraction_mae"} <= set(scalars)
+    step = json.loads(open(os.path.join(trained, "best.json")).read())["step"]
+    assert list(scalars["auc"][0]) == [step]
+    import tensorflow as tf
+    files = [os.path.join(log_dir, f) for f in os.listdir(log_dir)]
+    tags = {v.tag for r in tf.data.TFRecordDataset(files)
+            for v in event_pb2.Event.FromString(r.numpy()).summary.value}
+    assert {"plots/roc", "plots/calibration", "plots/training_curves", "summary"} <= tags
+    assert sum(t.startswith("slides/") for t in tags) == 2
+
+
+def _flip_test_labels(data_dir, manifest, target) -> str:
+    """A copy of the conversion whose test shards carry every label flipped (IDC <-> non-IDC)."""
+    shutil.copytree(data_dir, target)
+    manifest = json.loads(json.dumps(manifest))
+    test = manifest["splits"]["test"]
+    for shard in test["shards"]:
+        path = os.path.join(target, shard["file"])
+        flipped = [records.frame_record(records.encode_example(
+            r["image"].tobytes(), 1 - r["label"], r["patient_id"], r["x"], r["y"], r["height"],
+            r["width"])) for r in read_records(path)]
+        with open(path, "wb") as f:
+            f.write(b"".join(flipped))
+        shard["num_bytes"] = os.path.getsize(path)
+        shard["num_positive"] = shard["num_examples"] - shard["num_positive"]
+    test["num_positive"] = test["num_examples"] - test["num_positive"]
+    manifest_lib.write_manifest(target, manifest)
+    return target
+
+
+def test_changing_the_test_labels_does_not_change_the_threshold(trained, eval_data, evaluation,
+                                                               tmp_path):
+    data_dir, manifest = eval_data
+    flipped = _flip_test_labels(data_dir, manifest, str(tmp_path / "flipped"))
+    assert [r["label"] for p in shard_paths(flipped, manifest, "test") for r in read_records(p)] \
+        != [r["label"] for p in shard_paths(data_dir, manifest, "test") for r in read_records(p)]
+    run = _copy_run(trained, tmp_path)
+    result = evaluate(EvaluateConfig(model_dir=run, data_dir=flipped, bootstrap=0, slides="0"))
+    written = json.loads(open(os.path.join(run, "export", "threshold.json")).read())
+    assert written["threshold"] == result["threshold"]["threshold"] == \
+        evaluation["threshold"]["threshold"]
+    assert written["value"] == evaluation["threshold"]["value"]
+    # ... while the test metrics do see the flipped labels
+    assert result["patch"]["auc"] == pytest.approx(1 - evaluation["patch"]["auc"], abs=1e-6)
+    assert result["patch"]["idc_sensitivity"] == pytest.approx(
+        1 - evaluation["patch"]["idc_specificity"])
+
+
+def test_other_threshold_rules_are_applied_unchanged_to_the_test_split(trained, eval_data,
+                                                                      tmp_path):
+    data_dir, _ = eval_data
+    run = _copy_run(trained, tmp_path)
+    result = evaluate(EvaluateConfig(model_dir=run, data_dir=data_dir, threshold="recall:0.9",
+                                     bootstrap=0, slides="0"))
+    written = json.loads(open(os.path.join(run, "export", "threshold.json")).read())
+    assert written["rule"] == "recall:0.9" and written["idc_sensitivity"] >= 0.9
+    assert result["patch"]["threshold"] == written["threshold"]
+    fixed = evaluate(EvaluateConfig(model_dir=run, data_dir=data_dir, threshold="0.25",
+                                    bootstrap=0, slides="0"))
+    assert fixed["threshold"]["chosen_on"] == "fixed" and fixed["patch"]["threshold"] == 0.25
+    assert "threshold" not in fixed["figures"]
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    ({"split": "tset"}, ManifestError, "split 'tset' is not in"),
+    ({"threshold_split": "holdout"}, ManifestError, "split 'holdout' is not in"),
+    ({"threshold": "best"}, EvaluationError, "--threshold"),
+    ({"threshold_split": "test"}, EvaluationError, "tune the threshold on the test labels"),
+    ({"slides": "99999,88888"}, EvaluationError, "patients 99999, 88888 are not in this split"),
+    ({"bootstrap": -1}, EvaluationError, "--bootstrap"),
+])
+def test_bad_inputs_fail_with_a_clear_message(trained, eval_data, tmp_path, overrides, error,
+                                              message):
+    data_dir, _ = eval_data
+    config = EvaluateConfig(**{"model_dir": _copy_run(trained, tmp_path), "data_dir": data_dir,
+                               "bootstrap": 0, "output_dir": str(tmp_path / "out"), **overrides})
+    with pytest.raises(error, match=message):
+        evaluate(config)
+
+
+def test_a_run_without_export_is_named(tmp_path, eval_data):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(EvaluationError, match=r"run/export/saved_model' holds no SavedModel"):
+        evaluate(EvaluateConfig(model_dir=str(tmp_path / "run"), data_dir=eval_data[0]))
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+def _evaluate_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "idc_engine.evaluate", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_prints_the_summary_table_and_writes_its_files(trained, eval_data, tmp_path):
+    data_dir, _ = eval_data
+    run = _copy_run(trained, tmp_path)
+    out = tmp_path / "out"
+    result = _evaluate_cli(f"--model_dir={run}", f"--data_dir={data_dir}", "--bootstrap=100",
+                           "--slides=1", f"--output_dir={out}", "--seed=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for text in ("IDC sensitivity (IDC recall)", "IDC specificity (non-IDC recall)",
+                 "ROC-AUC", "PR-AUC", "Brier score", "95% CI, bootstrap over 4 patients",
+                 "max_f1 on the val split", "patient level (4 patients", "predicted IDC"):
+        assert text in result.stdout, text
+    assert "Traceback" not in result.stderr
+    assert (out / "summary.txt").read_text().strip() == result.stdout.strip()
+    assert len(os.listdir(out / "slides")) == 1
+    assert json.loads((out / "metrics.json").read_text())["confidence_intervals"]["seed"] == 3
+    assert os.path.isfile(os.path.join(run, "export", "threshold.json"))
+    assert os.listdir(os.path.join(run, "tensorboard", "evaluation_test"))
+
+
+def test_cli_errors_exit_2_with_the_path(tmp_path, eval_data):
+    result = _evaluate_cli(f"--model_dir={tmp_path}", f"--data_dir={eval_data[0]}")
+    assert result.returncode == 2
+    assert f"{tmp_path}/export/saved_model" in result.stderr and "Traceback" not in result.stderr
+    result = _evaluate_cli(f"--model_dir={tmp_path / 'nowhere'}", f"--data_dir={eval_data[0]}")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_help_documents_every_flag():
+    import dataclasses
+    result = _evaluate_cli("--helpfull", timeout=120)
+    for field in dataclasses.fields(EvaluateConfig):
+        assert f"--{field.name}:" in result.stdout, field.name
