@@ -4,7 +4,9 @@
 #      truncated patches, litter, a mislabelled and an unparseable file),
 #   2. convert it to patient-sharded TFRecords and print the conversion report,
 #   3. re-read every shard against the manifest,
-#   4. train CancerNet for a short run on the CPU and print its validation metrics.
+#   4. train CancerNet for a short run on the CPU and print its validation metrics,
+#   5. evaluate it on the test split: threshold chosen on validation, patch- and patient-level
+#      metrics with bootstrap confidence intervals, plots and slide maps.
 # Idempotent: every run regenerates the same tree (fixed seed) and starts training afresh.
 set -euo pipefail
 # TensorFlow's C++ start-up lines ("I0000 ... oneDNN", "cuInit" on a machine without a GPU)
@@ -14,18 +16,20 @@ TREE="$RUN_DIR/idc_synthetic"
 DATA="$RUN_DIR/tfrecords"
 MODEL="$RUN_DIR/cancernet"
 
-echo "== 1/4 generate the embedded dataset into $TREE"
+echo "== 1/5 generate the embedded dataset into $TREE"
 rm -rf "$TREE"
 python -m idc_engine.synthetic --output_dir="$TREE" --num_patients=40 --seed=0 --quirks
 
-echo "== 2/4 convert to TFRecords in $DATA"
+echo "== 2/5 convert to TFRecords in $DATA"
 python -m idc_engine.convert --input_dir="$TREE" --output_dir="$DATA" --overwrite
 
-echo "== 3/4 verify every shard against $DATA/manifest.json"
+echo "== 3/5 verify every shard against $DATA/manifest.json"
 python -m idc_engine.convert --verify --output_dir="$DATA" 2>&1 | quiet
 
-echo "== 4/4 train CancerNet (flags/cpu_quick.flags) into $MODEL"
+echo "== 4/5 train CancerNet (flags/cpu_quick.flags) into $MODEL"
 rm -rf "$MODEL"
 python -m idc_engine.train --flagfile=flags/cpu_quick.flags --data_dir="$DATA" \
   --model_dir="$MODEL" --logtostderr 2>&1 | quiet | sed '/^{/,$d'
-echo "TensorBoard: tensorboard --logdir=$MODEL/tensorboard"
+
+echo "== 5/5 evaluate on the test split"
+python -m idc_engine.evaluate --model_dir="$MODEL" --data_dir="$DATA" 2>&1 | quiet
