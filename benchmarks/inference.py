@@ -1,0 +1,203 @@
+"""Batch inference throughput: the exported SavedModel beside the .keras model, same images.
+
+    python -m benchmarks.inference                                  # untrained CancerNet, synthetic patches
+    python -m benchmarks.inference --model=runs/cancernet --data_dir=~/data/idc_tfrecords
+
+For each batch size (--batch_sizes) it reports images/s of
+    saved_model      the serving signature: uint8 patches in, P(IDC) out (what predict runs)
+    keras_function   model.keras + model_input preprocessing in one tf.function (model(x))
+    keras_predict    model.keras `model.predict` on the preprocessed images (Keras' own loop)
+and once, end to end, `predict_files` (what python -m idc_engine.predict does: PNG decoding in
+threads + the SavedModel) beside PNG decoding alone. Warm-up runs (tracing) are excluded; each
+figure is the median of --repeats runs over the same --num_images images; the paths alternate
+within each repetition so that all see the same machine load. The largest |difference| between
+the SavedModel's and the Keras model's probabilities on the images is reported too.
+
+Without --model no training happens: an untrained CancerNet is exported with
+`idc_engine.export.export_model` (throughput does not depend on the weights' values). Without
+--data_dir the images are PNG patches of the embedded synthetic dataset (idc_engine.synthetic).
+"""
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+
+from benchmarks.report import BenchmarkReport
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "A model_dir or export dir; default: export an untrained "
+                    "CancerNet into a temporary directory.")
+flags.DEFINE_integer("image_size", 50, "Model input size of the untrained CancerNet (50 or 48).")
+flags.DEFINE_string("data_dir", None, "A converted directory whose --split gives the images; "
+                    "default: synthetic PNG patches.")
+flags.DEFINE_string("split", "test", "Split of --data_dir.")
+flags.DEFINE_list("batch_sizes", ["256", "1024"], "Batch sizes to measure.")
+flags.DEFINE_integer("num_images", 4096, "Images per timed run.")
+flags.DEFINE_integer("num_png_files", 2048, "PNG files of the end-to-end predict_files run.")
+flags.DEFINE_integer("decode_threads", 2, "Decoding threads of predict_files.")
+flags.DEFINE_integer("repeats", 5, "Timed runs per figure (median reported) after one warm-up.")
+flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
+
+# Mean/std of the synthetic train split (README): only the untrained model's normalization.
+_SYNTHETIC_MEAN = [196.9627, 145.5059, 191.7613]
+_SYNTHETIC_STD = [43.724, 44.734, 28.9458]
+
+
+def export_untrained_cancernet(export_dir: str, image_size: int) -> None:
+    import keras
+
+    from idc_engine import export, models
+
+    keras.utils.set_random_seed(0)
+    build = lambda: models.build_model("cancernet", (image_size, image_size, 3))
+    export.export_model(build(), build, export_dir, image_size, _SYNTHETIC_MEAN, _SYNTHETIC_STD)
+
+
+def synthetic_png_files(work: str, count: int) -> list:
+    """Paths of >= count PNG patches of a small synthetic Kaggle tree (quirk-free)."""
+    from idc_engine import kaggle_tree, synthetic
+
+    root = os.path.join(work, "tree")
+    patients = max(2, count // 150 + 1)
+    synthetic.write_dataset(root, num_patients=patients, seed=0, min_patches=150, max_patches=250)
+    listing = kaggle_tree.scan_tree(root)
+    return [os.path.join(root, p.paths[0]) for p in listing.patches]
+
+
+def load_images(paths: list, count: int) -> np.ndarray:
+    """uint8 [count, 50, 50, 3]: the decoded files, repeated if there are fewer."""
+    from idc_engine import predict
+
+    decoded = [d.image for d in map(predict.decode_file, paths) if d.image is not None]
+    images = np.stack(decoded)
+    return images[np.arange(count) % len(images)]
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv) -> None:
+    del argv
+    import keras
+    import tensorflow as tf
+
+    # TensorFlow's INFO lines (SavedModel writing, logged through absl) would bury the table
+    absl_logging.set_verbosity(absl_logging.WARNING)
+
+    from idc_engine import pipeline, predict
+    from idc_engine.model_input import model_input
+
+    work = tempfile.mkdtemp(prefix="idc_bench_inference_")
+    try:
+        # --- the model -------------------------------------------------------------------------
+        if FLAGS.model:
+            paths = predict.find_export(FLAGS.model)
+            model_source = paths.export_dir
+        else:
+            export_untrained_cancernet(os.path.join(work, "export"), FLAGS.image_size)
+            paths = predict.find_export(os.path.join(work, "export"))
+            model_source = f"untrained CancerNet {FLAGS.image_size}x{FLAGS.image_size} (export_model)"
+        pre = predict.load_preprocessing(paths)
+        served = predict.SavedModelPredictor(paths.saved_model)
+        model = keras.saving.load_model(paths.keras)
+        size, mean, std = int(pre["image_size"]), pre["channel_mean"], pre["channel_std"]
+
+        # --- the images ------------------------------------------------------------------------
+        if FLAGS.data_dir:
+            arrays = pipeline.load_split_arrays(FLAGS.data_dir, FLAGS.split)
+            images = arrays.images[np.arange(FLAGS.num_images) % len(arrays)]
+            png_dir = os.path.join(work, "png")
+            os.makedirs(png_dir)
+            from PIL import Image
+            png_files = []
+            for i in range(min(FLAGS.num_png_files, len(arrays))):
+                png_files.append(os.path.join(png_dir, f"{i:06d}.png"))
+                Image.fromarray(arrays.images[i]).save(png_files[-1])
+            image_source = f"{FLAGS.data_dir} split {FLAGS.split}"
+        else:
+            png_files = synthetic_png_files(work, max(FLAGS.num_png_files, 256))
+            images = load_images(png_files, FLAGS.num_images)
+            image_source = "synthetic PNG patches (idc_engine.synthetic)"
+        png_files = png_files[:FLAGS.num_png_files]
+
+        # --- the paths measured -----------------------------------------------------------------
+        @tf.function(input_signature=[tf.TensorSpec([None, 50, 50, 3], tf.uint8)])
+        def keras_function(batch):
+            return model(model_input(batch, size, mean, std), training=False)[:, 1]
+
+        def batches(batch_size):
+            return [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+
+        def run_saved_model(batch_size):
+            return np.concatenate([served(b) for b in batches(batch_size)])
+
+        def run_keras_function(batch_size):
+            return np.concatenate([keras_function(tf.constant(b)).numpy() for b in batches(batch_size)])
+
+        def run_keras_predict(batch_size):
+            x = model_input(images, size, mean, std)
+            return model.predict(x, batch_size=batch_size, verbose=0)[:, 1]
+
+        threshold = predict.DEFAULT_THRESHOLD
+
+        def run_predict_files():
+            for _ in predict.predict_files(served, png_files, threshold, 256, FLAGS.decode_threads):
+                pass
+
+        def run_decode():
+            for _ in predict.decode_files(png_files, FLAGS.decode_threads):
+                pass
+
+        batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+        timed = {}
+        for batch_size in batch_sizes:
+            timed[f"saved_model_b{batch_size}"] = (lambda b=batch_size: run_saved_model(b), len(images))
+            timed[f"keras_function_b{batch_size}"] = (lambda b=batch_size: run_keras_function(b),
+                                                      len(images))
+            timed[f"keras_predict_b{batch_size}"] = (lambda b=batch_size: run_keras_predict(b),
+                                                     len(images))
+        timed["predict_files_png_b256"] = (run_predict_files, len(png_files))
+        timed["png_decode_only"] = (run_decode, len(png_files))
+
+        # warm-up (tracing, page cache), and the agreement check on the same images
+        difference = 0.0
+        for batch_size in batch_sizes:
+            reference = run_saved_model(batch_size)
+            for other in (run_keras_function, run_keras_predict):
+                difference = max(difference, float(np.max(np.abs(other(batch_size) - reference))))
+        run_predict_files()
+        rates = {key: [] for key in timed}
+        for _ in range(FLAGS.repeats):
+            for key, (fn, count) in timed.items():
+                rates[key].append(count / _time(fn))
+
+        # --- the report --------------------------------------------------------------------------
+        report = BenchmarkReport("inference", FLAGS.output_dir, config={
+            "model": model_source, "images": image_source, "num_images": len(images),
+            "num_png_files": len(png_files), "batch_sizes": batch_sizes,
+            "decode_threads": FLAGS.decode_threads, "repeats": FLAGS.repeats,
+            "image_size": size, "cores": len(os.sched_getaffinity(0)),
+            "devices": [d.name for d in tf.config.list_logical_devices()]})
+        for key, values in rates.items():
+            report.add(f"{key}_images_per_s", statistics.median(values), all=values)
+        for batch_size in batch_sizes:
+            report.add(f"saved_model_vs_keras_function_b{batch_size}",
+                       statistics.median(rates[f"saved_model_b{batch_size}"])
+                       / statistics.median(rates[f"keras_function_b{batch_size}"]))
+        report.add("max_abs_diff_saved_model_vs_keras", difference)
+        report.write()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
