@@ -9,6 +9,9 @@ import pytest
 
 from idc_engine import convert, synthetic
 
+# TensorFlow's C++ start-up lines, to drop from a subprocess's stderr before reading it.
+TF_STARTUP_LINES = ("WARNING: All log messages", "I0000", "W0000", "E0000", "To enable the following")
+
 # Small but not trivial: ~16 patients, a few thousand patches, every real-world quirk.
 TREE_OPTIONS = dict(num_patients=16, seed=7, min_patches=60, max_patches=220, quirks=True)
 
@@ -28,6 +31,22 @@ def converted(idc_tree, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("converted") / "tfrecords")
     manifest = convert.convert_tree(root, out, num_workers=2, min_shards=3, progress=False)
     return out, manifest
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(converted, tmp_path_factory):
+    """A model_dir with export/ from a short in-process training run (~20 s on 2 cores), shared
+    by the tests that need a model better than chance but not a particular one."""
+    from idc_engine.training import loop
+    from idc_engine.training.config import TrainConfig
+
+    data_dir, _ = converted
+    model_dir = str(tmp_path_factory.mktemp("trained_model") / "run")
+    loop.train(TrainConfig(data_dir=data_dir, model_dir=model_dir, train_steps=100,
+                           global_batch_size=32, steps_per_loop=10, bn_momentum=0.9,
+                           learning_rate=2e-3, input_mode="cache", validation_every_steps=50,
+                           augment="d4", strategy="default"))
+    return model_dir
 
 
 def read_records(path: str) -> list[dict]:

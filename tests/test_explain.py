@@ -9,32 +9,15 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import read_records, shard_paths
+from conftest import TF_STARTUP_LINES, read_records, shard_paths
 from PIL import Image
 
 from idc_engine import explain, predict
 
-QUIET = ("WARNING: All log messages", "I0000", "W0000", "E0000", "To enable the following")
-
 
 @pytest.fixture(scope="session")
-def explained_model_dir(converted, tmp_path_factory):
-    """A model_dir with export/ from a short in-process training run (~20 s on 2 cores)."""
-    from idc_engine.training import loop
-    from idc_engine.training.config import TrainConfig
-
-    data_dir, _ = converted
-    model_dir = str(tmp_path_factory.mktemp("explain_model") / "run")
-    loop.train(TrainConfig(data_dir=data_dir, model_dir=model_dir, train_steps=100,
-                           global_batch_size=32, steps_per_loop=10, bn_momentum=0.9,
-                           learning_rate=2e-3, input_mode="cache", validation_every_steps=50,
-                           augment="d4", strategy="default"))
-    return model_dir
-
-
-@pytest.fixture(scope="session")
-def explainer(explained_model_dir):
-    return explain.Explainer.from_export(explained_model_dir)
+def explainer(trained_model_dir):
+    return explain.Explainer.from_export(trained_model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -68,10 +51,10 @@ def test_grad_cam_heatmaps_are_patch_sized_in_range_and_not_constant(explainer, 
     assert not np.allclose(other.raw, cam.raw)
 
 
-def test_keras_probabilities_agree_with_the_saved_model(explained_model_dir, explainer,
+def test_keras_probabilities_agree_with_the_saved_model(trained_model_dir, explainer,
                                                         val_patches):
     images, _ = val_patches
-    served = predict.SavedModelPredictor(predict.find_export(explained_model_dir).saved_model)
+    served = predict.SavedModelPredictor(predict.find_export(trained_model_dir).saved_model)
     np.testing.assert_allclose(explainer.probabilities(images, batch_size=50), served(images),
                                rtol=1e-5, atol=1e-6)
 
@@ -140,7 +123,7 @@ def test_feature_mosaic_lays_out_every_channel():
     assert (tiles[5] == 0).all()
 
 
-def test_cli_writes_overlays_grids_sheet_and_index(idc_tree, converted, explained_model_dir,
+def test_cli_writes_overlays_grids_sheet_and_index(idc_tree, converted, trained_model_dir,
                                                    tmp_path):
     root, summary = idc_tree
     data_dir, _ = converted
@@ -150,10 +133,10 @@ def test_cli_writes_overlays_grids_sheet_and_index(idc_tree, converted, explaine
     truncated = os.path.join(root, summary["truncated"][0])
     output_dir = tmp_path / "explanations"
     result = subprocess.run(
-        [sys.executable, "-m", "idc_engine.explain", f"--model={explained_model_dir}",
+        [sys.executable, "-m", "idc_engine.explain", f"--model={trained_model_dir}",
          f"--data_dir={data_dir}", f"--explain=test:4,{undersized},{not_an_image},{truncated}",
          f"--output_dir={output_dir}"], capture_output=True, text=True, timeout=300)
-    stderr = "\n".join(line for line in result.stderr.splitlines() if not line.startswith(QUIET))
+    stderr = "\n".join(line for line in result.stderr.splitlines() if not line.startswith(TF_STARTUP_LINES))
     assert result.returncode == 0, stderr[-3000:]
 
     with open(output_dir / "explanations.csv", newline="") as f:

@@ -14,27 +14,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import read_records, shard_paths
+from conftest import TF_STARTUP_LINES, read_records, shard_paths
 from PIL import Image
 
 from idc_engine import kaggle_tree, predict, records
-
-QUIET = ("WARNING: All log messages", "I0000", "W0000", "E0000", "To enable the following")
-
-
-@pytest.fixture(scope="session")
-def trained_model_dir(converted, tmp_path_factory):
-    """A model_dir with export/ from a short in-process training run (~20 s on 2 cores)."""
-    from idc_engine.training import loop
-    from idc_engine.training.config import TrainConfig
-
-    data_dir, _ = converted
-    model_dir = str(tmp_path_factory.mktemp("predict_model") / "run")
-    loop.train(TrainConfig(data_dir=data_dir, model_dir=model_dir, train_steps=100,
-                           global_batch_size=32, steps_per_loop=10, bn_momentum=0.9,
-                           learning_rate=2e-3, input_mode="cache", validation_every_steps=50,
-                           augment="d4", strategy="default"))
-    return model_dir
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +50,7 @@ def _cli(*args, timeout=300):
     result = subprocess.run([sys.executable, "-m", "idc_engine.predict", *map(str, args)],
                             capture_output=True, text=True, timeout=timeout)
     result.stderr_tail = "\n".join(line for line in result.stderr.splitlines()
-                                   if not line.startswith(QUIET))[-3000:]
+                                   if not line.startswith(TF_STARTUP_LINES))[-3000:]
     return result
 
 
