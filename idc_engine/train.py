@@ -42,6 +42,8 @@ _HELP = {
     "bn_momentum": "BatchNorm moving-average momentum: 0.99 (Keras', the tutorial's) for long "
                    "runs; 0.9 for runs of a few hundred steps, whose moving statistics would "
                    "otherwise still carry their initial values at validation.",
+    "fused_batchnorm": "Train BatchNormalization through TensorFlow's fused kernel (same math, "
+                       "about half of CancerNet's CPU step); --nofused_batchnorm for Keras' own.",
     "strategy": "auto: multi_worker with a multi-worker TF_CONFIG, mirrored with several GPUs "
                 "or --num_cpu_devices > 1, else default (one device); default; mirrored; "
                 "multi_worker (reads TF_CONFIG).",

@@ -11,6 +11,7 @@ policy the body computes in half precision and the output stays float32.
 
 from idc_engine.models.backbones import mobilenet_v2, resnet50, set_backbone_trainable
 from idc_engine.models.cancernet import cancernet
+from idc_engine.models.fused_batchnorm import fuse_batchnorm  # noqa: F401  (re-exported)
 from idc_engine.models.plain_cnn import plain_cnn
 
 MODELS = {

@@ -39,6 +39,7 @@ class TrainConfig:
     freeze_backbone_epochs: int = 0
     fine_tune_lr_factor: float = 0.1
     bn_momentum: float = 0.99
+    fused_batchnorm: bool = True
     # devices
     strategy: str = "auto"
     num_cpu_devices: int = 1

@@ -99,6 +99,8 @@ def train(config: TrainConfig) -> dict:
                                    weights_path=config.weights_path or None,
                                    backbone_input_size=config.backbone_input_size or None)
         models.set_batchnorm_momentum(model, config.bn_momentum)
+        if config.fused_batchnorm:
+            logging.info("fused BatchNormalization in %d layers", models.fuse_batchnorm(model))
         freeze_until = config.freeze_backbone_epochs * steps_per_epoch
         schedule = objectives.make_schedule(config, total_steps,
                                             fine_tune_from=freeze_until or None)
