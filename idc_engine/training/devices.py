@@ -1,8 +1,8 @@
 """Devices, the tf.distribute strategy, and the "auto" choices of precision and XLA.
 
 Every "auto" decision is returned with its reason, and the trainer logs both: on this project's
-CPU machines XLA made CancerNet 4-6x slower and mixed_bfloat16 2-3x slower (BRIEF.md section 5),
-so neither is ever assumed to help.
+CPU machines XLA made CancerNet 4-6x (up to 17x) slower and mixed_bfloat16 was no faster than
+float32 (benchmarks/train_step.py), so neither is ever assumed to help.
 """
 
 import json
@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from idc_engine.training.config import ConfigError
 
-# Models built from depthwise/separable convolutions, which XLA compiles poorly (measured 4-6x
+# Models built from depthwise/separable convolutions, which XLA compiles poorly (measured 6-17x
 # slower on CPU; tensorflow/tensorflow#59772 reports the same on GPUs).
 DEPTHWISE_MODELS = ("cancernet", "mobilenet_v2")
 
@@ -85,8 +85,9 @@ def resolve_precision(precision: str) -> tuple[str, str]:
     if precision != "auto":
         return precision, "set by --precision"
     if device_kind() == "CPU":
-        return "float32", ("CPU: mixed_bfloat16 measured 2-3x slower than float32 for CancerNet "
-                           "on this project's CPUs (BRIEF.md section 5)")
+        return "float32", ("CPU: mixed_bfloat16 measured no faster than float32 for CancerNet "
+                           "(benchmarks/train_step.py; 2-3x slower on CPUs without bfloat16 "
+                           "units, BRIEF.md section 5)")
     capability = _min_gpu_compute_capability()
     if capability and capability >= (7, 0):
         return "mixed_float16", f"GPU compute capability {capability[0]}.{capability[1]} has tensor cores"
@@ -98,7 +99,7 @@ def resolve_xla(xla: str, model_name: str) -> tuple[bool, str]:
     if xla != "auto":
         return xla == "on", "set by --xla"
     if device_kind() == "CPU":
-        return False, "CPU: XLA measured 4-6x slower for CancerNet's separable convolutions"
+        return False, "CPU: XLA measured 6-17x slower for CancerNet (separable convolutions)"
     if model_name in DEPTHWISE_MODELS:
         return False, (f"{model_name} is built from depthwise convolutions, which XLA compiles "
                        "poorly on GPUs too (tensorflow/tensorflow#59772); measure with "
