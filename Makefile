@@ -26,6 +26,9 @@ lint: setup
 
 benchmarks: setup
 	$(PY) -m benchmarks.convert
+	$(PY) -m benchmarks.input_pipeline
+	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.inference
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info
