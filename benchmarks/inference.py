@@ -93,7 +93,7 @@ def main(argv) -> None:
     # TensorFlow's INFO lines (SavedModel writing, logged through absl) would bury the table
     absl_logging.set_verbosity(absl_logging.WARNING)
 
-    from idc_engine import pipeline, predict
+    from idc_engine import pipeline, predict, serving
     from idc_engine.model_input import model_input
 
     work = tempfile.mkdtemp(prefix="idc_bench_inference_")
@@ -107,7 +107,7 @@ def main(argv) -> None:
             paths = predict.find_export(os.path.join(work, "export"))
             model_source = f"untrained CancerNet {FLAGS.image_size}x{FLAGS.image_size} (export_model)"
         pre = predict.load_preprocessing(paths)
-        served = predict.SavedModelPredictor(paths.saved_model)
+        served = serving.ServedModel(paths.saved_model)
         model = keras.saving.load_model(paths.keras)
         size, mean, std = int(pre["image_size"]), pre["channel_mean"], pre["channel_std"]
 

@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from idc_engine import __version__
+from idc_engine import __version__, serving
 from idc_engine.evaluation import slide_maps, thresholds
 
 FLAGS = flags.FLAGS
@@ -137,59 +137,20 @@ def config_from_flags() -> EvaluateConfig:
 
 # --- predictions -------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class Predictions:
-    """The served model's output on one split, with the patches' identity."""
-    labels: np.ndarray           # int64 [N]
-    idc_probability: np.ndarray  # float32 [N]
-    patient_id: np.ndarray       # str [N]
-    x: np.ndarray                # int64 [N]
-    y: np.ndarray                # int64 [N]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def load_served_model(model_dir: str):
-    """The serving_default function of model_dir/export/saved_model: images uint8 [N, 50, 50, 3]
-    -> {"idc_probability": float32 [N]}."""
-    import tensorflow as tf
-
-    path = os.path.join(model_dir, "export", "saved_model")
+def load_served_model(model_dir: str) -> serving.ServedModel:
+    """The served function of model_dir/export/saved_model (what users deploy)."""
     try:
-        loaded = tf.saved_model.load(path)
-    except (OSError, ValueError, tf.errors.OpError) as e:
-        raise EvaluationError(f"cannot load the SavedModel {path!r}: {e}") from e
-    serve = loaded.signatures.get("serving_default")
-    if serve is None or "idc_probability" not in serve.structured_outputs:
-        raise EvaluationError(f"{path!r} has no serving_default signature returning "
-                              "idc_probability; re-export it with python -m idc_engine.train")
-    serve._loaded = loaded  # keep the variables alive as long as the function
-    return serve
+        return serving.ServedModel(os.path.join(model_dir, "export", "saved_model"))
+    except serving.ServingError as e:
+        raise EvaluationError(str(e)) from e
 
 
-def predict_split(serve, data_dir: str, split: str, batch_size: int) -> Predictions:
+def predict_split(served, data_dir: str, split: str, batch_size: int) -> serving.Predictions:
     """Runs the served model over every patch of a split, once each, in file order."""
-    import tensorflow as tf
-
-    from idc_engine import pipeline
-
-    dataset = pipeline.make_dataset(data_dir, split, batch_size, training=False,
-                                    with_metadata=True, deterministic=True)
-    parts = []
-    try:
-        for images, labels, metadata in dataset:
-            probability = serve(images=images)["idc_probability"]
-            parts.append((labels.numpy(), probability.numpy(), metadata["patient_id"].numpy(),
-                          metadata["x"].numpy(), metadata["y"].numpy()))
-    except tf.errors.DataLossError as e:
-        raise pipeline.explain_data_loss(data_dir, split, e) from e
-    if not parts:
+    predictions = serving.predict_split(served, data_dir, split, batch_size)
+    if not len(predictions):
         raise EvaluationError(f"split {split!r} of {data_dir!r} holds no patches")
-    labels, prob, ids, x, y = (np.concatenate(column) for column in zip(*parts))
-    return Predictions(labels.astype(np.int64), prob.astype(np.float32),
-                       np.array([i.decode() for i in ids]), x.astype(np.int64),
-                       y.astype(np.int64))
+    return predictions
 
 
 def read_patient_patches(data_dir: str, split: str, patient_ids) -> dict:

@@ -51,7 +51,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from PIL import Image
 
-from idc_engine import kaggle_tree, records, shard_writer
+from idc_engine import kaggle_tree, records, serving, shard_writer
 
 FLAGS = flags.FLAGS
 
@@ -144,21 +144,6 @@ def load_preprocessing(paths: ExportPaths) -> dict:
     """preprocessing.json: {"image_size", "channel_mean", "channel_std"} that model.keras expects."""
     with open(paths.preprocessing) as f:
         return json.load(f)
-
-
-class SavedModelPredictor:
-    """The export's serving signature: uint8 [N, 50, 50, 3] -> P(IDC) float32 [N]."""
-
-    def __init__(self, saved_model_dir: str):
-        import tensorflow as tf
-
-        self._tf = tf
-        self._loaded = tf.saved_model.load(saved_model_dir)  # keeps the variables alive
-        self._serve = self._loaded.signatures["serving_default"]
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        images = self._tf.constant(images, self._tf.uint8)
-        return self._serve(images=images)["idc_probability"].numpy()
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -331,7 +316,7 @@ def predict_files(predictor, paths: list, threshold: float, batch_size: int = 25
                   num_threads: int = 2):
     """Yields one CSV row (a dict of CSV_COLUMNS) per path, in order; never raises for a file.
 
-    predictor: uint8 [N, 50, 50, 3] -> P(IDC) [N] (e.g. SavedModelPredictor).
+    predictor: uint8 [N, 50, 50, 3] -> P(IDC) [N] (e.g. serving.ServedModel).
     """
     waiting, images = [], []
 
@@ -372,29 +357,20 @@ def predict_split(predictor, data_dir: str, split: str, threshold: float, batch_
 
     Raises ManifestError / ShardError (idc_engine.pipeline) for a missing or corrupt split.
     """
-    import tensorflow as tf
-
     from idc_engine import manifest as manifest_lib
-    from idc_engine import pipeline
 
     sizes = padded_sizes(manifest_lib.load_manifest(data_dir))
-    dataset = pipeline.make_dataset(data_dir, split, batch_size, training=False,
-                                    deterministic=True, with_metadata=True)
+    predictions = serving.predict_split(predictor, data_dir, split, batch_size)
     full = records.PATCH_SIZE
-    try:
-        for images, labels, metadata in dataset.as_numpy_iterator():
-            probabilities = predictor(images)
-            for i, probability in enumerate(probabilities):
-                patient = metadata["patient_id"][i].decode()
-                x, y = int(metadata["x"][i]), int(metadata["y"][i])
-                height, width = sizes.get((patient, x, y), (full, full))
-                note = "" if (height, width) == (full, full) else (
-                    f"padded from {height}x{width} by the converter")
-                yield {"path": "", **_probability_fields(probability, threshold), "error": "",
-                       "height": height, "width": width, "patient_id": patient, "x": x, "y": y,
-                       "label": int(labels[i]), "note": note}
-    except tf.errors.DataLossError as e:
-        raise pipeline.explain_data_loss(data_dir, split, e) from e
+    for i, probability in enumerate(predictions.idc_probability):
+        patient = str(predictions.patient_id[i])
+        x, y = int(predictions.x[i]), int(predictions.y[i])
+        height, width = sizes.get((patient, x, y), (full, full))
+        note = "" if (height, width) == (full, full) else (
+            f"padded from {height}x{width} by the converter")
+        yield {"path": "", **_probability_fields(probability, threshold), "error": "",
+               "height": height, "width": width, "patient_id": patient, "x": x, "y": y,
+               "label": int(predictions.labels[i]), "note": note}
 
 
 # --- the CSV -----------------------------------------------------------------------------------
@@ -526,7 +502,7 @@ def main(argv) -> int:
     std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
     from idc_engine.manifest import ManifestError  # TensorFlow loads only past this point
 
-    predictor = SavedModelPredictor(paths.saved_model)
+    predictor = serving.ServedModel(paths.saved_model)
     listing = None
     if inputs:
         listing = list_inputs(inputs)

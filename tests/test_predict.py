@@ -17,12 +17,12 @@ import pytest
 from conftest import TF_STARTUP_LINES, read_records, shard_paths
 from PIL import Image
 
-from idc_engine import kaggle_tree, predict, records
+from idc_engine import kaggle_tree, predict, records, serving
 
 
 @pytest.fixture(scope="session")
 def predictor(trained_model_dir):
-    return predict.SavedModelPredictor(predict.find_export(trained_model_dir).saved_model)
+    return serving.ServedModel(predict.find_export(trained_model_dir).saved_model)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def test_threshold_json_is_respected(idc_tree, trained_model_dir, tmp_path):
     root, _ = idc_tree
     listing = predict.list_inputs([root])
     files = listing.files[:300]
-    model = predict.SavedModelPredictor(str(export / "saved_model"))
+    model = serving.ServedModel(str(export / "saved_model"))
     probabilities = np.array([float(r["idc_probability"]) for r in
                               predict.predict_files(model, files, 0.5) if not r["error"]])
     chosen = float(np.quantile(probabilities, 0.7))  # a threshold that splits these patches
@@ -274,7 +274,7 @@ def test_saved_model_agrees_with_the_in_memory_keras_model(tmp_path, image_size)
     paths = export.export_model(model, build, str(tmp_path / "export"), image_size, mean, std)
     images = rng.integers(0, 256, (37, *records.IMAGE_SHAPE), dtype=np.uint8)
 
-    served = predict.SavedModelPredictor(paths["saved_model"])(images)
+    served = serving.ServedModel(paths["saved_model"])(images)
     in_memory = model(model_input(images, image_size, mean, std), training=False).numpy()[:, 1]
     reloaded = keras.saving.load_model(paths["keras"])
     pre = predict.load_preprocessing(predict.find_export(str(tmp_path / "export")))
@@ -285,7 +285,7 @@ def test_saved_model_agrees_with_the_in_memory_keras_model(tmp_path, image_size)
     np.testing.assert_allclose(served, in_memory, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(from_file, in_memory, rtol=1e-5, atol=1e-6)
     # batch composition does not change a patch's probability beyond float noise
-    one_by_one = np.concatenate([predict.SavedModelPredictor(paths["saved_model"])(images[i:i + 1])
+    one_by_one = np.concatenate([serving.ServedModel(paths["saved_model"])(images[i:i + 1])
                                  for i in range(3)])
     np.testing.assert_allclose(one_by_one, served[:3], rtol=1e-5, atol=1e-6)
 

@@ -1,0 +1,75 @@
+"""The exported model as it is deployed: its SavedModel signature, and a split run through it.
+
+evaluate and predict both go through here, so what they measure and what they predict come
+from the same function users serve (idc_engine/export.py writes it).
+"""
+
+import dataclasses
+
+import numpy as np
+
+
+class ServingError(ValueError):
+    """An export that cannot be served; the message names the path."""
+
+
+class ServedModel:
+    """The serving_default signature of a SavedModel: uint8 [N, 50, 50, 3] -> P(IDC) float32 [N]."""
+
+    def __init__(self, saved_model_dir: str):
+        import tensorflow as tf
+
+        self._tf = tf
+        try:
+            self._loaded = tf.saved_model.load(saved_model_dir)  # keeps the variables alive
+        except (OSError, ValueError, tf.errors.OpError) as e:
+            raise ServingError(f"cannot load the SavedModel {saved_model_dir!r}: {e}") from e
+        self._serve = self._loaded.signatures.get("serving_default")
+        if self._serve is None or "idc_probability" not in self._serve.structured_outputs:
+            raise ServingError(f"{saved_model_dir!r} has no serving_default signature returning "
+                               "idc_probability; re-export it with python -m idc_engine.train")
+
+    def __call__(self, images) -> np.ndarray:
+        """images uint8 [N, 50, 50, 3] (numpy or tensor) -> float32 [N]."""
+        images = self._tf.convert_to_tensor(images, self._tf.uint8)
+        return self._serve(images=images)["idc_probability"].numpy()
+
+
+@dataclasses.dataclass
+class Predictions:
+    """The served model's output on one split, with the patches' identity, in file order."""
+    labels: np.ndarray           # int64 [N]
+    idc_probability: np.ndarray  # float32 [N]
+    patient_id: np.ndarray       # str [N]
+    x: np.ndarray                # int64 [N]
+    y: np.ndarray                # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def predict_split(served: ServedModel, data_dir: str, split: str, batch_size: int) -> Predictions:
+    """Runs the served model over every patch of a converted split, once each, in file order.
+
+    Raises ManifestError / ShardError (idc_engine.pipeline) for a missing or corrupt split.
+    """
+    import tensorflow as tf
+
+    from idc_engine import pipeline
+
+    dataset = pipeline.make_dataset(data_dir, split, batch_size, training=False,
+                                    with_metadata=True, deterministic=True)
+    parts = []
+    try:
+        for images, labels, metadata in dataset:
+            parts.append((labels.numpy(), served(images), metadata["patient_id"].numpy(),
+                          metadata["x"].numpy(), metadata["y"].numpy()))
+    except tf.errors.DataLossError as e:
+        raise pipeline.explain_data_loss(data_dir, split, e) from e
+    if not parts:
+        return Predictions(*(np.zeros(0, dtype) for dtype in
+                             (np.int64, np.float32, str, np.int64, np.int64)))
+    labels, prob, ids, x, y = (np.concatenate(column) for column in zip(*parts))
+    return Predictions(labels.astype(np.int64), prob.astype(np.float32),
+                       np.array([i.decode() for i in ids]), x.astype(np.int64),
+                       y.astype(np.int64))
