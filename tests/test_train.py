@@ -254,13 +254,16 @@ def test_importing_the_engine_starts_no_tensorflow_runtime():
     assert result.stdout.strip() == "2"
 
 
-@pytest.mark.parametrize("precision, batch", [("mixed_bfloat16", 32), ("mixed_float16", 8)])
-def test_mixed_precision_trains(converted, tmp_path, precision, batch):
+@pytest.mark.parametrize("precision, batch, strategy", [
+    ("mixed_bfloat16", 32, []), ("mixed_float16", 8, []),
+    ("mixed_float16", 8, ["--strategy=mirrored", "--num_cpu_devices=2"]),  # the N-GPU recipe
+])
+def test_mixed_precision_trains(converted, tmp_path, precision, batch, strategy):
     """mixed_float16 goes through the LossScaleOptimizer (very slow on a CPU: a tiny batch)."""
     data_dir, _ = converted
     result = _train_cli(data_dir, tmp_path / "run", f"--precision={precision}",
                         f"--global_batch_size={batch}", "--train_steps=3",
-                        "--validation_every_steps=3", "--export=false")
+                        "--validation_every_steps=3", "--export=false", *strategy)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = _summary(result.stdout)
     assert summary["precision"] == precision and np.isfinite(summary["last_validation"]["val_loss"])
