@@ -17,6 +17,15 @@ def confusion(labels, predicted) -> np.ndarray:
     return sk.confusion_matrix(labels, predicted, labels=[0, 1])
 
 
+PROBABILITY_CLIP = 1e-7  # probabilities are clipped to [PROBABILITY_CLIP, 1 - PROBABILITY_CLIP]
+
+
+def clip_probability(idc_probability) -> np.ndarray:
+    """float [N] -> float64 [N] clipped as classification_metrics clips before thresholding (and
+    taking logs), so a threshold chosen on clipped values classifies identically there."""
+    return np.clip(np.asarray(idc_probability, np.float64), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+
+
 def _ratio(numerator, denominator) -> float:
     return float(numerator / denominator) if denominator else math.nan
 
@@ -24,7 +33,7 @@ def _ratio(numerator, denominator) -> float:
 def classification_metrics(labels, idc_probability, threshold: float = 0.5) -> dict:
     """labels int [N] in {0, 1}; idc_probability float [N] -> dict of floats (nan if undefined)."""
     labels = np.asarray(labels).astype(np.int64)
-    prob = np.clip(np.asarray(idc_probability, np.float64), 1e-7, 1 - 1e-7)
+    prob = clip_probability(idc_probability)
     predicted = (prob >= threshold).astype(np.int64)
     (tn, fp), (fn, tp) = confusion(labels, predicted)
     idc_precision, idc_recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
@@ -54,14 +63,7 @@ def classification_metrics(labels, idc_probability, threshold: float = 0.5) -> d
 # classification_metrics above is what training validates with; the functions below add what a
 # paper reports about a finished model (idc_engine.evaluate).
 
-PROBABILITY_CLIP = 1e-7  # classification_metrics clips probabilities to [PROBABILITY_CLIP, 1 - it]
 CLASS_NAMES = ("non-IDC", "IDC")  # label 0, label 1
-
-
-def clip_probability(idc_probability) -> np.ndarray:
-    """float [N] -> float64 [N] clipped exactly as classification_metrics clips before
-    thresholding, so a threshold chosen on clipped values classifies identically there."""
-    return np.clip(np.asarray(idc_probability, np.float64), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
 
 
 def average_precision(labels, idc_probability, sample_weight=None) -> float:
