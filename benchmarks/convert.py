@@ -3,13 +3,17 @@
     python -m benchmarks.convert                       # generates a synthetic tree first
     python -m benchmarks.convert --input_dir=~/data/IDC --num_workers=8
 
-Reports the converter's patches/s (the whole `convert_tree`: scan, split, decode, write, manifest)
-with N workers and with one, and the single-process PIL decode rate of the same files. The ratio
-against the ideal `num_workers x decode rate` says how much the converter loses to everything that
-is not decoding; the one-worker ratio isolates per-worker overhead from machine load.
-Repetitions alternate the three so that all see the same load.
+Reports the converter's patches/s (the whole `convert_tree` into a new folder: scan, split,
+decode, write, manifest) with N workers and with one, beside the single-process rate of the
+converter's own PNG decoder on the same files (`shard_writer.decode_patch`, nothing else: the
+limit). The ratio against the ideal `num_workers x decode rate` says how much the converter loses
+to everything that is not decoding; the one-worker ratio isolates per-worker overhead from machine
+load. For context, the rate of the plain PIL loop (Image.open, load, np.asarray) a hand-written
+converter would use is reported too. Repetitions alternate all four so that all see the same load.
 """
 
+import concurrent.futures
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -21,7 +25,7 @@ from absl import app, flags
 from PIL import Image
 
 from benchmarks.report import BenchmarkReport
-from idc_engine import convert, kaggle_tree, synthetic
+from idc_engine import convert, kaggle_tree, shard_writer, synthetic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input_dir", None, "A Kaggle-layout tree; default: generate a synthetic one.")
@@ -34,7 +38,25 @@ flags.DEFINE_string("work_dir", None, "Scratch space for trees and shards; defau
 
 
 def decode_all(paths: list[str]) -> None:
-    """The limit: one process decoding every PNG to a numpy array, nothing else."""
+    """The limit: one process running the converter's own decoder on every file, nothing else."""
+    for path in paths:
+        shard_writer.decode_patch(path, keep_png=False)
+
+
+def parallel_decode_rate(paths: list[str], workers: int) -> float:
+    """The machine's real ceiling for N workers: N processes doing nothing but decoding a share
+    of the files each (started and warmed before the clock starts). On a VM's vCPUs this is
+    below N x the single-process rate, and no converter can beat it."""
+    context = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        list(pool.map(decode_all, [paths[:workers * 10][i::workers] for i in range(workers)]))
+        start = time.perf_counter()
+        list(pool.map(decode_all, [paths[i::workers] for i in range(workers)]))
+        return len(paths) / (time.perf_counter() - start)
+
+
+def pil_decode_all(paths: list[str]) -> None:
+    """For context: the plain PIL loop a hand-written converter would use."""
     for path in paths:
         with Image.open(path) as image:
             image.load()
@@ -60,35 +82,44 @@ def main(argv) -> None:
     out = os.path.join(work, "tfrecords")
 
     def run_convert(num_workers=workers):
-        convert.convert_tree(input_dir, out, num_workers=num_workers, overwrite=True,
-                             progress=False)
+        convert.convert_tree(input_dir, out, num_workers=num_workers, progress=False)
 
     def timed(fn) -> float:
         start = time.perf_counter()
         fn()
-        return len(paths) / (time.perf_counter() - start)
+        rate = len(paths) / (time.perf_counter() - start)
+        shutil.rmtree(out, ignore_errors=True)  # each conversion goes into a new folder
+        return rate
 
+    shutil.rmtree(out, ignore_errors=True)
     decode_all(paths)  # warm-up: page cache, imports
-    run_convert()
-    decode_rates, convert_rates, single_rates = [], [], []
+    timed(run_convert)
+    rates = {name: [] for name in ("decode", "parallel", "pil", "convert", "single")}
     for _ in range(FLAGS.repeats):
-        decode_rates.append(timed(lambda: decode_all(paths)))
-        convert_rates.append(timed(run_convert))
-        single_rates.append(timed(lambda: run_convert(1)))
-    decode_rate = statistics.median(decode_rates)
-    convert_rate = statistics.median(convert_rates)
-    single_rate = statistics.median(single_rates)
+        rates["decode"].append(timed(lambda: decode_all(paths)))
+        rates["parallel"].append(parallel_decode_rate(paths, workers))
+        rates["pil"].append(timed(lambda: pil_decode_all(paths)))
+        rates["convert"].append(timed(run_convert))
+        rates["single"].append(timed(lambda: run_convert(1)))
+    decode_rate, parallel_rate, pil_rate, convert_rate, single_rate = (
+        statistics.median(rates[k]) for k in ("decode", "parallel", "pil", "convert", "single"))
 
     report = BenchmarkReport("convert", FLAGS.output_dir, config={
         "input_dir": input_dir, "num_patches": len(paths), "num_workers": workers,
         "repeats": FLAGS.repeats, "cores": len(os.sched_getaffinity(0))})
-    report.add("decode_single_process_patches_per_s", decode_rate, all=decode_rates)
-    report.add("convert_patches_per_s", convert_rate, all=convert_rates)
-    report.add("convert_1_worker_patches_per_s", single_rate, all=single_rates)
+    report.add("decode_single_process_patches_per_s", decode_rate, all=rates["decode"])
+    report.add(f"decode_{workers}_processes_patches_per_s", parallel_rate, all=rates["parallel"])
+    report.add("plain_pil_decode_single_process_patches_per_s", pil_rate, all=rates["pil"])
+    report.add("convert_patches_per_s", convert_rate, all=rates["convert"])
+    report.add("convert_1_worker_patches_per_s", single_rate, all=rates["single"])
     report.add("num_workers", workers)
     # per-worker efficiency: what a worker loses to encoding and writing, whatever the load
     report.add("convert_1_worker_vs_decode", single_rate / decode_rate)
     report.add("convert_vs_ideal_workers_x_decode", convert_rate / (workers * decode_rate))
+    report.add("convert_vs_workers_x_plain_pil", convert_rate / (workers * pil_rate))
+    # what the machine allows: N processes doing nothing but decoding
+    report.add("parallel_decode_vs_ideal", parallel_rate / (workers * decode_rate))
+    report.add("convert_vs_parallel_decode", convert_rate / parallel_rate)
     report.write()
     if FLAGS.work_dir is None:
         shutil.rmtree(work)

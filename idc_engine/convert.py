@@ -133,20 +133,27 @@ class _Progress:
 
 
 def start_workers(num_workers: int):
-    """A process pool, its workers spawned now so that their start overlaps the tree scan.
+    """A process pool, its workers started now so that their start overlaps the tree scan.
 
-    spawn, not fork: the parent may hold TensorFlow's threads (tests, notebooks), and a fork of
-    those can deadlock; workers import only numpy and PIL. None for num_workers == 1 (in-process).
+    Workers are forked from a fresh forkserver process that has imported only numpy, PIL and
+    the worker modules: never forked from this process, which may hold TensorFlow's threads
+    (tests, notebooks; a fork of those can deadlock), and cheaper than spawning each worker
+    (one interpreter start and import instead of one per worker, none on later conversions in
+    the same process). spawn where there is no fork. None for num_workers == 1 (in-process).
     """
     if num_workers == 1:
         return None
-    context = multiprocessing.get_context("spawn")
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["idc_engine.shard_writer", "idc_engine.kaggle_tree"])
+    else:
+        context = multiprocessing.get_context("spawn")
     counter = context.Value("q", 0)
     pool = concurrent.futures.ProcessPoolExecutor(
         num_workers, mp_context=context, initializer=shard_writer.init_worker, initargs=(counter,))
     pool.progress_counter = counter
     for _ in range(num_workers):
-        pool.submit(int)  # a no-op task per worker makes the pool spawn them all now
+        pool.submit(int)  # a no-op task per worker makes the pool start them all now
     return pool
 
 
@@ -272,9 +279,9 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
     prepare_output_dir(output_dir, overwrite)
     start = time.perf_counter()
     workers = max(1, num_workers or len(os.sched_getaffinity(0)))
-    pool = start_workers(workers)  # spawning overlaps the scan below
+    pool = start_workers(workers)  # they start while this process begins the scan
     try:
-        listing = kaggle_tree.scan_tree(input_dir)
+        listing = kaggle_tree.scan_tree(input_dir, pool)
         if not listing.patches:
             raise ConversionError(f"no patches named <patient>_idx5_x<X>_y<Y>_class<C>.png "
                                   f"found under --input_dir {input_dir!r}")

@@ -9,6 +9,7 @@ Copies made on macOS/Windows bring litter (`.DS_Store`, `Thumbs.db`, AppleDouble
 """
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -61,17 +62,38 @@ def is_litter(name: str) -> bool:
 
 
 def _walk_files(root: str, rel_dir: str = ""):
-    """Yields ("relative/path", size) of every file below root in sorted order, litter folders
-    pruned. Relative paths use "/" and are built by concatenation (os.path.relpath per file
-    costs half the scan of 555k files)."""
+    """Yields ("relative/path", size) of every file below root/rel_dir in sorted order, litter
+    folders pruned. Relative paths use "/" and are built by concatenation (os.path.relpath per
+    file costs half the scan of 555k files)."""
     with os.scandir(os.path.join(root, rel_dir)) as entries:
         entries = sorted(entries, key=lambda e: e.name)
     for entry in entries:
         if entry.is_dir():
-            if entry.name.lower() not in LITTER_DIRS and not entry.name.startswith("._"):
+            if not _is_litter_dir(entry.name):
                 yield from _walk_files(root, rel_dir + entry.name + "/")
         else:
             yield rel_dir + entry.name, entry.stat().st_size
+
+
+def _is_litter_dir(name: str) -> bool:
+    return name.lower() in LITTER_DIRS or name.startswith("._")
+
+
+def _plan_jobs(root: str, rel_dir: str = "", depth: int = 2) -> list[tuple[str, str]]:
+    """The tree's top `depth` levels, listed in walk order: ("dir", "a/b/") for each subtree
+    below them (a patient's class folder, or a patient folder of the duplicate tree) and
+    ("file", "a/name") for each file found on the way. Examining the subtrees is the scan's
+    real work (a stat and a name parse per file): the jobs let worker processes share it."""
+    with os.scandir(os.path.join(root, rel_dir)) as entries:
+        entries = sorted(entries, key=lambda e: e.name)
+    jobs = []
+    for entry in entries:
+        if not entry.is_dir():
+            jobs.append(("file", rel_dir + entry.name))
+        elif not _is_litter_dir(entry.name):
+            sub = rel_dir + entry.name + "/"
+            jobs += _plan_jobs(root, sub, depth - 1) if depth > 1 else [("dir", sub)]
+    return jobs
 
 
 def _folder_problem(rel_path: str, parsed: PatchName) -> str | None:
@@ -86,46 +108,92 @@ def _folder_problem(rel_path: str, parsed: PatchName) -> str | None:
     return None
 
 
-def scan_tree(root: str) -> TreeListing:
-    """Lists the patches below `root` (the Kaggle root or its IDC_regular_ps50_idx5/ folder)."""
+@dataclasses.dataclass
+class _Examined:
+    """What a worker found in a group of jobs, in walk order."""
+    litter: int = 0
+    other: int = 0
+    listing: list = dataclasses.field(default_factory=list)  # "path\tsize\n" of each .png
+    patches: list = dataclasses.field(default_factory=list)  # (rel_path, patient, x, y, label)
+    skipped: list = dataclasses.field(default_factory=list)  # {"path", "reason"}
+
+
+def _examine(root: str, jobs: list[tuple[str, str]]) -> _Examined:
+    """Stats and parses the files of some jobs of _plan_jobs (runs in a worker process)."""
+    found = _Examined()
+    for kind, rel in jobs:
+        files = (_walk_files(root, rel) if kind == "dir"
+                 else [(rel, os.stat(os.path.join(root, rel)).st_size)])
+        for rel_path, size in files:
+            name = rel_path.rpartition("/")[2]
+            if is_litter(name):
+                found.litter += 1
+                continue
+            if not name.lower().endswith(".png"):
+                found.other += 1
+                continue
+            found.listing.append(f"{rel_path}\t{size}\n")
+            match = PATCH_NAME.match(name)
+            if match is None:
+                found.skipped.append({"path": rel_path, "reason": "file name does not parse as "
+                                      "<patient>_idx5_x<X>_y<Y>_class<0|1>.png"})
+                continue
+            parsed = PatchName(match["patient"], int(match["x"]), int(match["y"]),
+                               int(match["label"]))
+            problem = _folder_problem(rel_path, parsed)
+            if problem:
+                found.skipped.append({"path": rel_path, "reason": problem})
+                continue
+            found.patches.append((rel_path, parsed.patient, parsed.x, parsed.y, parsed.label))
+    return found
+
+
+def _shared_map(executor, fn, items):
+    """fn over items, in order, run by the executor's workers AND this process: an item no worker
+    has taken yet when its turn comes is done here (so the scan starts before the workers do)."""
+    futures = [executor.submit(fn, item) for item in items]
+    for future, item in zip(futures, items):
+        yield fn(item) if future.cancel() else future.result()
+
+
+def scan_tree(root: str, executor=None) -> TreeListing:
+    """Lists the patches below `root` (the Kaggle root or its IDC_regular_ps50_idx5/ folder).
+
+    With an `executor` (the converter's process pool) its workers share the stats and name
+    parsing (the real download has 555k files); results are merged in walk order, so the
+    listing is the same either way.
+    """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--input_dir {root!r} is not a directory")
+    jobs = _plan_jobs(root)
+    num_groups = min(len(jobs), 64) or 1
+    groups = [jobs[i * len(jobs) // num_groups:(i + 1) * len(jobs) // num_groups]
+              for i in range(num_groups)]
+    examine = functools.partial(_examine, root)
+    examined = map(examine, groups) if executor is None else _shared_map(executor, examine, groups)
     by_key: dict[tuple, Patch] = {}
     skipped, ignored = [], {"litter": 0, "other": 0}
     num_png = num_duplicates = 0
     digest = hashlib.sha256()
-    for rel_path, size in _walk_files(root):
-        name = rel_path.rpartition("/")[2]
-        if is_litter(name):
-            ignored["litter"] += 1
-            continue
-        if not name.lower().endswith(".png"):
-            ignored["other"] += 1
-            continue
-        num_png += 1
-        digest.update(f"{rel_path}\t{size}\n".encode())
-        parsed = parse_patch_name(name)
-        if parsed is None:
-            skipped.append({"path": rel_path, "reason": "file name does not parse as "
-                            "<patient>_idx5_x<X>_y<Y>_class<0|1>.png"})
-            continue
-        problem = _folder_problem(rel_path, parsed)
-        if problem:
-            skipped.append({"path": rel_path, "reason": problem})
-            continue
-        key = (parsed.patient, parsed.x, parsed.y)
-        if key in by_key:
-            existing = by_key[key]
-            if existing.label != parsed.label:
+    for found in examined:
+        ignored["litter"] += found.litter
+        ignored["other"] += found.other
+        num_png += len(found.listing)
+        digest.update("".join(found.listing).encode())
+        skipped += found.skipped
+        for rel_path, patient, x, y, label in found.patches:
+            key = (patient, x, y)
+            existing = by_key.get(key)
+            if existing is None:
+                by_key[key] = Patch(patient, x, y, label, [rel_path])
+            elif existing.label != label:
                 skipped.append({"path": rel_path, "reason": f"label disagrees with its copy "
                                 f"{existing.paths[0]} of the same patient, x and y"})
-                continue
-            num_duplicates += 1
-            existing.paths.append(rel_path)
-            # Prefer the copy nearest the root given: the shorter path.
-            existing.paths.sort(key=lambda p: (p.count("/"), p))
-        else:
-            by_key[key] = Patch(parsed.patient, parsed.x, parsed.y, parsed.label, [rel_path])
+            else:
+                num_duplicates += 1
+                existing.paths.append(rel_path)
+                # Prefer the copy nearest the root given: the shorter path.
+                existing.paths.sort(key=lambda p: (p.count("/"), p))
     patches = sorted(by_key.values(), key=lambda p: (p.patient, p.y, p.x))
     return TreeListing(patches, skipped, num_png, num_duplicates, ignored,
                        "sha256:" + digest.hexdigest())

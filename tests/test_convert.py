@@ -355,3 +355,39 @@ def test_cli_help_documents_every_flag():
                  "test_fraction", "seed", "num_shards", "image_encoding", "num_workers",
                  "overwrite", "verify"):
         assert f"--{flag}:" in result.stdout or f"--[no]{flag}:" in result.stdout, flag
+
+
+def test_decode_patch_reads_a_jpeg_named_png_and_rejects_garbage(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (50, 50, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "p.png")
+    Image.fromarray(pixels).save(tmp_path / "j.png", format="JPEG", quality=95)
+    (tmp_path / "g.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    for keep_png in (False, True):
+        raw, h, w, source = shard_writer.decode_patch(str(tmp_path / "p.png"), keep_png)
+        assert raw == pixels.tobytes() and (h, w) == (50, 50)
+        assert source == ((tmp_path / "p.png").read_bytes() if keep_png else None)
+        raw, _, _, source = shard_writer.decode_patch(str(tmp_path / "j.png"), keep_png)
+        expected = np.asarray(Image.open(tmp_path / "j.png").convert("RGB"))
+        assert raw == expected.tobytes() and source is None  # a JPEG is never passed through
+        with pytest.raises(ValueError, match="not a readable PNG"):
+            shard_writer.decode_patch(str(tmp_path / "g.png"), keep_png)
+        with pytest.raises(OSError):
+            shard_writer.decode_patch(str(tmp_path / "missing.png"), keep_png)
+
+
+def test_channel_moments_are_exact_over_many_batches_and_padded_patches():
+    rng = np.random.default_rng(1)
+    moments = shard_writer._ChannelMoments()
+    real = []
+    for i in range(600):  # > 2 batches of 256; every 7th patch undersized
+        h, w = (50, 50) if i % 7 else (int(rng.integers(1, 50)), int(rng.integers(1, 51)))
+        image = np.full((50, 50, 3), shard_writer.PAD_VALUE, np.uint8)
+        image[:h, :w] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        moments.add(image.tobytes(), h, w)
+        real.append(image[:h, :w].reshape(-1, 3).astype(np.float64))
+    moments.flush()
+    real = np.concatenate(real)
+    assert moments.count == len(real)
+    np.testing.assert_array_equal(moments.sum, real.sum(0))
+    np.testing.assert_array_equal(moments.sum_sq, (real * real).sum(0))

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from idc_engine import kaggle_tree
+from idc_engine import convert, kaggle_tree
 from idc_engine.kaggle_tree import PatchName, parse_patch_name
 
 
@@ -86,3 +86,21 @@ def test_fingerprint_changes_with_the_listing(tmp_path):
 def test_scan_of_a_missing_folder_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         kaggle_tree.scan_tree(str(tmp_path / "nowhere"))
+
+
+def test_scan_shared_with_worker_processes_lists_exactly_what_a_serial_scan_lists(idc_tree, tmp_path):
+    """The converter's pool shares the scan; the listing must not depend on who examined what."""
+    root, _ = idc_tree
+    odd = tmp_path / "odd"  # files at every depth, litter, a pruned folder, a duplicate
+    for rel in ["readme.txt", "9036_idx5_x1_y1_class0.png", "9036/.DS_Store",
+                "9036/9036_idx5_x51_y51_class1.png", "9036/0/9036_idx5_x1_y1_class0.png",
+                "a/b/c/9036/1/9036_idx5_x101_y1_class1.png", "__MACOSX/9036/0/x.png"]:
+        _touch(odd, rel)
+    pool = convert.start_workers(2)
+    try:
+        for tree in (root, str(odd)):
+            serial, shared = kaggle_tree.scan_tree(tree), kaggle_tree.scan_tree(tree, pool)
+            assert shared == serial
+            assert serial.patches and serial.num_png_files >= len(serial.patches)
+    finally:
+        pool.shutdown()
