@@ -12,8 +12,6 @@ load. For context, the rate of the plain PIL loop (Image.open, load, np.asarray)
 converter would use is reported too. Repetitions alternate all four so that all see the same load.
 """
 
-import concurrent.futures
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -47,12 +45,18 @@ def parallel_decode_rate(paths: list[str], workers: int) -> float:
     """The machine's real ceiling for N workers: N processes doing nothing but decoding a share
     of the files each (started and warmed before the clock starts). On a VM's vCPUs this is
     below N x the single-process rate, and no converter can beat it."""
-    context = multiprocessing.get_context("forkserver")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    pool = convert.start_workers(workers)  # the converter's own kind of worker processes
+    if pool is None:
+        start = time.perf_counter()
+        decode_all(paths)
+        return len(paths) / (time.perf_counter() - start)
+    try:
         list(pool.map(decode_all, [paths[:workers * 10][i::workers] for i in range(workers)]))
         start = time.perf_counter()
         list(pool.map(decode_all, [paths[i::workers] for i in range(workers)]))
         return len(paths) / (time.perf_counter() - start)
+    finally:
+        pool.shutdown()
 
 
 def pil_decode_all(paths: list[str]) -> None:

@@ -8,8 +8,10 @@ Copies made on macOS/Windows bring litter (`.DS_Store`, `Thumbs.db`, AppleDouble
 `__MACOSX/`), which is ignored and counted, never reported as an error.
 """
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import hashlib
 import os
 import re
@@ -108,6 +110,20 @@ def _folder_problem(rel_path: str, parsed: PatchName) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _without_cyclic_gc():
+    """The scan allocates a few containers per file and frees none, so the cyclic collector
+    would traverse the growing heap again and again for nothing (a third of the scan time when
+    the caller already holds a large listing: measured). Nothing here creates cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 @dataclasses.dataclass
 class _Examined:
     """What a worker found in a group of jobs, in walk order."""
@@ -120,6 +136,11 @@ class _Examined:
 
 def _examine(root: str, jobs: list[tuple[str, str]]) -> _Examined:
     """Stats and parses the files of some jobs of _plan_jobs (runs in a worker process)."""
+    with _without_cyclic_gc():
+        return _examine_jobs(root, jobs)
+
+
+def _examine_jobs(root: str, jobs: list[tuple[str, str]]) -> _Examined:
     found = _Examined()
     for kind, rel in jobs:
         files = (_walk_files(root, rel) if kind == "dir"
@@ -171,6 +192,12 @@ def scan_tree(root: str, executor=None) -> TreeListing:
               for i in range(num_groups)]
     examine = functools.partial(_examine, root)
     examined = map(examine, groups) if executor is None else _shared_map(executor, examine, groups)
+    with _without_cyclic_gc():
+        return _merge(examined)
+
+
+def _merge(examined) -> TreeListing:
+    """One listing from the _Examined of each group, in walk order: each (patient, x, y) once."""
     by_key: dict[tuple, Patch] = {}
     skipped, ignored = [], {"litter": 0, "other": 0}
     num_png = num_duplicates = 0
