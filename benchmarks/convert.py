@@ -29,6 +29,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("input_dir", None, "A Kaggle-layout tree; default: generate a synthetic one.")
 flags.DEFINE_integer("num_patients", 120, "Patients of the generated tree.")
 flags.DEFINE_integer("patches_per_patient", 250, "Mean patches per patient of the generated tree.")
+flags.DEFINE_bool("quirks", False, "Generate the real download's quirks too, above all its "
+                  "duplicate IDC_regular_ps50_idx5/ tree (twice the files to scan).")
 flags.DEFINE_integer("num_workers", 0, "Converter workers; 0 = one per available core.")
 flags.DEFINE_integer("repeats", 3, "Timed repetitions (median reported) after one warm-up.")
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
@@ -38,7 +40,10 @@ flags.DEFINE_string("work_dir", None, "Scratch space for trees and shards; defau
 def decode_all(paths: list[str]) -> None:
     """The limit: one process running the converter's own decoder on every file, nothing else."""
     for path in paths:
-        shard_writer.decode_patch(path, keep_png=False)
+        try:
+            shard_writer.decode_patch(path, keep_png=False)
+        except (OSError, ValueError):  # the truncated files of --quirks
+            pass
 
 
 def parallel_decode_rate(paths: list[str], workers: int) -> float:
@@ -62,9 +67,12 @@ def parallel_decode_rate(paths: list[str], workers: int) -> float:
 def pil_decode_all(paths: list[str]) -> None:
     """For context: the plain PIL loop a hand-written converter would use."""
     for path in paths:
-        with Image.open(path) as image:
-            image.load()
-            np.asarray(image)
+        try:
+            with Image.open(path) as image:
+                image.load()
+                np.asarray(image)
+        except OSError:  # the truncated files of --quirks
+            pass
 
 
 def main(argv) -> None:
@@ -72,12 +80,13 @@ def main(argv) -> None:
     work = FLAGS.work_dir or tempfile.mkdtemp(prefix="idc_bench_convert_")
     input_dir = FLAGS.input_dir
     if input_dir is None:
-        input_dir = os.path.join(work, "tree")
+        input_dir = os.path.join(work, "tree_quirks" if FLAGS.quirks else "tree")
         if not os.path.isdir(input_dir):
             start = time.perf_counter()
             p = FLAGS.patches_per_patient
             summary = synthetic.write_dataset(input_dir, num_patients=FLAGS.num_patients, seed=0,
-                                              min_patches=p // 2, max_patches=p * 3 // 2)
+                                              min_patches=p // 2, max_patches=p * 3 // 2,
+                                              quirks=FLAGS.quirks)
             print(f"generated {summary['num_patches']:,} patches in "
                   f"{time.perf_counter() - start:.1f} s into {input_dir}")
     listing = kaggle_tree.scan_tree(input_dir)
@@ -109,7 +118,8 @@ def main(argv) -> None:
         statistics.median(rates[k]) for k in ("decode", "parallel", "pil", "convert", "single"))
 
     report = BenchmarkReport("convert", FLAGS.output_dir, config={
-        "input_dir": input_dir, "num_patches": len(paths), "num_workers": workers,
+        "input_dir": input_dir, "num_patches": len(paths), "num_png_files": listing.num_png_files,
+        "num_workers": workers,
         "repeats": FLAGS.repeats, "cores": len(os.sched_getaffinity(0))})
     report.add("decode_single_process_patches_per_s", decode_rate, all=rates["decode"])
     report.add(f"decode_{workers}_processes_patches_per_s", parallel_rate, all=rates["parallel"])

@@ -143,6 +143,13 @@ def start_workers(num_workers: int):
     """
     if num_workers == 1:
         return None
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file is not None and not os.path.isfile(main_file):
+        # multiprocessing re-imports __main__ by its path in every worker: impossible for a
+        # script read from stdin ("<stdin>"), which would only break the pool mid-run.
+        print(f"warning: __main__ is {main_file!r}, not a file that worker processes can "
+              "import; converting in this process only", file=sys.stderr)
+        return None
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["idc_engine.shard_writer", "idc_engine.kaggle_tree"])
@@ -280,6 +287,7 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
     start = time.perf_counter()
     workers = max(1, num_workers or len(os.sched_getaffinity(0)))
     pool = start_workers(workers)  # they start while this process begins the scan
+    workers = workers if pool is not None else 1
     try:
         listing = kaggle_tree.scan_tree(input_dir, pool)
         if not listing.patches:

@@ -391,3 +391,21 @@ def test_channel_moments_are_exact_over_many_batches_and_padded_patches():
     assert moments.count == len(real)
     np.testing.assert_array_equal(moments.sum, real.sum(0))
     np.testing.assert_array_equal(moments.sum_sq, (real * real).sum(0))
+
+
+def test_a_script_read_from_stdin_converts_in_process_with_a_warning(tmp_path):
+    """Worker processes re-import __main__ by path: '<stdin>' has none, so no pool is started."""
+    synthetic.write_dataset(str(tmp_path / "tree"), num_patients=3, seed=0, min_patches=20,
+                            max_patches=30)
+    script = ("from idc_engine import convert\n"
+              f"m = convert.convert_tree({str(tmp_path / 'tree')!r}, {str(tmp_path / 'out')!r}, "
+              "num_workers=2, progress=False)\n"
+              "print(m['conversion']['num_workers'], sum(s['num_examples'] for s in "
+              "m['splits'].values()))\n")
+    result = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "converting in this process only" in result.stderr
+    workers, examples = map(int, result.stdout.split())
+    assert workers == 1 and examples > 0
+    assert verify.verify_conversion(str(tmp_path / "out")) == []
