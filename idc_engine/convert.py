@@ -164,21 +164,42 @@ def start_workers(num_workers: int):
     return pool
 
 
+def fsync_path(path: str) -> None:
+    """Flushes a file's data, or a directory's entries, to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def run_tasks(tasks, pool, progress: _Progress) -> list[shard_writer.ShardResult]:
-    """Writes the shards, largest first, in the pool's processes (in this one if pool is None)."""
+    """Writes the shards, largest first, in the pool's processes (in this one if pool is None).
+
+    Each finished shard is fsynced by a thread of this process while the workers go on: a
+    worker waiting for the disk (60 MB shards) would leave its core idle. Returns once every
+    shard is on the disk.
+    """
     tasks = sorted(tasks, key=lambda t: -len(t.patches))
-    if pool is None:
-        results = []
-        for task in tasks:
-            results.append(shard_writer.write_shard(task))
-            progress.show(sum(r.num_examples + len(r.skipped) for r in results))
-        return results
-    pending = {pool.submit(shard_writer.write_shard, task) for task in tasks}
-    results = []
-    while pending:
-        done, pending = concurrent.futures.wait(pending, timeout=0.5)
-        results.extend(f.result() for f in done)
-        progress.show(pool.progress_counter.value)
+    results, synced = [], []
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync") as syncer:
+        def finished(result):
+            results.append(result)
+            synced.append(syncer.submit(fsync_path, result.path))
+
+        if pool is None:
+            for task in tasks:
+                finished(shard_writer.write_shard(task))
+                progress.show(sum(r.num_examples + len(r.skipped) for r in results))
+        else:
+            pending = {pool.submit(shard_writer.write_shard, task) for task in tasks}
+            while pending:
+                done, pending = concurrent.futures.wait(pending, timeout=0.5)
+                for future in done:
+                    finished(future.result())
+                progress.show(pool.progress_counter.value)
+        for future in synced:
+            future.result()
     return results
 
 
@@ -323,7 +344,9 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
     for result in results:
         os.replace(result.path, os.path.join(output_dir, os.path.basename(result.path)))
     os.rmdir(staging)
+    fsync_path(output_dir)  # the shards' new names are on the disk before the manifest is
     manifest_lib.write_manifest(output_dir, manifest)
+    fsync_path(output_dir)
     seconds = time.perf_counter() - start
     manifest["conversion"] = {"seconds": seconds, "num_workers": workers,
                               "patches_per_s": total / seconds}

@@ -200,8 +200,6 @@ def write_shard(task: ShardTask) -> ShardResult:
             patients.add(patient)
             if moments is not None:
                 moments.add(pixels, height, width)
-        out.flush()
-        os.fsync(out.fileno())
     _report_progress(pending)
     if moments is not None:
         moments.flush()
