@@ -199,6 +199,10 @@ def scan_tree(root: str, executor=None) -> TreeListing:
         return _merge(examined)
 
 
+def _copy_preference(rel_path: str) -> tuple[int, str]:
+    return rel_path.count("/"), rel_path
+
+
 def _merge(examined) -> TreeListing:
     """One listing from the _Examined of each group, in walk order: each (patient, x, y) once."""
     by_key: dict[tuple, Patch] = {}
@@ -221,9 +225,12 @@ def _merge(examined) -> TreeListing:
                                 f"{existing.paths[0]} of the same patient, x and y"})
             else:
                 num_duplicates += 1
-                existing.paths.append(rel_path)
-                # Prefer the copy nearest the root given: the shorter path.
-                existing.paths.sort(key=lambda p: (p.count("/"), p))
+                paths = existing.paths
+                paths.append(rel_path)
+                # Prefer the copy nearest the root given: the shorter path. The walk usually
+                # meets it first (digits sort before "IDC_regular_ps50_idx5/"), so rarely a sort.
+                if _copy_preference(paths[-2]) > _copy_preference(rel_path):
+                    paths.sort(key=_copy_preference)
     patches = sorted(by_key.values(), key=lambda p: (p.patient, p.y, p.x))
     return TreeListing(patches, skipped, num_png, num_duplicates, ignored,
                        "sha256:" + digest.hexdigest())
