@@ -98,17 +98,17 @@ def _plan_jobs(root: str, rel_dir: str = "", depth: int = 2) -> list[tuple[str, 
     return jobs
 
 
-def _folder_problem(rel_path: str, patient: str, label: int) -> str | None:
+def _folder_problem(rel_path: str, parsed: PatchName) -> str | None:
     """A reason to distrust a file whose folders contradict its name, or None."""
     parts = rel_path.rsplit("/", 3)
     class_dir = parts[-2] if len(parts) >= 2 else None
     if class_dir not in ("0", "1"):
         return None
-    if int(class_dir) != label:
-        return f"folder label {class_dir} disagrees with class{label} in the file name"
+    if int(class_dir) != parsed.label:
+        return f"folder label {class_dir} disagrees with class{parsed.label} in the file name"
     patient_dir = parts[-3] if len(parts) >= 3 else None
-    if patient_dir is not None and patient_dir != patient:
-        return f"patient folder {patient_dir} disagrees with patient {patient} in the file name"
+    if patient_dir is not None and patient_dir != parsed.patient:
+        return f"patient folder {patient_dir} disagrees with patient {parsed.patient} in the file name"
     return None
 
 
@@ -149,26 +149,23 @@ def _examine_jobs(root: str, jobs: list[tuple[str, str]]) -> _Examined:
                  else [(rel, os.stat(os.path.join(root, rel)).st_size)])
         for rel_path, size in files:
             name = rel_path.rpartition("/")[2]
-            match = PATCH_NAME.match(name)  # first: nearly every file is a patch
-            if match is None:
-                if is_litter(name):
-                    found.litter += 1
-                    continue
-                if not name.lower().endswith(".png"):
-                    found.other += 1
-                    continue
+            if is_litter(name):
+                found.litter += 1
+                continue
+            if not name.lower().endswith(".png"):
+                found.other += 1
+                continue
+            found.listing.append(f"{rel_path}\t{size}\n")
+            parsed = parse_patch_name(name)
+            if parsed is None:
                 found.skipped.append({"path": rel_path, "reason": "file name does not parse as "
                                       "<patient>_idx5_x<X>_y<Y>_class<0|1>.png"})
-            found.listing.append(f"{rel_path}\t{size}\n")
-            if match is None:
                 continue
-            patient, x, y, label = match.group("patient", "x", "y", "label")
-            label = int(label)
-            problem = _folder_problem(rel_path, patient, label)
+            problem = _folder_problem(rel_path, parsed)
             if problem:
                 found.skipped.append({"path": rel_path, "reason": problem})
                 continue
-            found.patches.append((rel_path, patient, int(x), int(y), label))
+            found.patches.append((rel_path, parsed.patient, parsed.x, parsed.y, parsed.label))
     return found
 
 
