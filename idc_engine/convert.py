@@ -182,7 +182,7 @@ def run_tasks(tasks, pool, progress: _Progress) -> list[shard_writer.ShardResult
     """
     tasks = sorted(tasks, key=lambda t: -len(t.patches))
     results, synced = [], []
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync") as syncer:
+    with concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="fsync") as syncer:
         def finished(result):
             results.append(result)
             synced.append(syncer.submit(fsync_path, result.path))
@@ -305,6 +305,14 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
     if os.path.abspath(output_dir) == os.path.abspath(input_dir):
         raise ConversionError("--output_dir must differ from --input_dir")
     prepare_output_dir(output_dir, overwrite)
+    with kaggle_tree.without_cyclic_gc():  # a full collection over the caller's heap per phase
+        return _convert(input_dir, output_dir, split, split_file, val_fraction, test_fraction,
+                        seed, num_shards, shard_size_mb, min_shards, image_encoding, num_workers,
+                        progress)
+
+
+def _convert(input_dir, output_dir, split, split_file, val_fraction, test_fraction, seed,
+             num_shards, shard_size_mb, min_shards, image_encoding, num_workers, progress) -> dict:
     start = time.perf_counter()
     workers = max(1, num_workers or len(os.sched_getaffinity(0)))
     pool = start_workers(workers)  # they start while this process begins the scan

@@ -170,6 +170,7 @@ def write_shard(task: ShardTask) -> ShardResult:
     prefix = os.path.join(task.input_dir, "")
     keep_png = task.image_encoding == "png"
     with open(task.path, "wb") as out:
+        write = out.write
         for patient, x, y, label, paths in order:
             decoded = None
             for rel_path in paths:
@@ -193,8 +194,7 @@ def write_shard(task: ShardTask) -> ShardResult:
                 padded.append({"path": rel_path, "height": height, "width": width})
                 source_png = None
             image = _png_bytes(pixels, source_png) if keep_png else pixels
-            out.write(records.frame_record(records.encode_example(
-                image, label, patient, x, y, height, width)))
+            records.write_example(write, image, label, patient, x, y, height, width)
             num_examples += 1
             num_positive += label
             patients.add(patient)

@@ -83,6 +83,47 @@ def test_fingerprint_changes_with_the_listing(tmp_path):
     assert kaggle_tree.scan_tree(str(tmp_path)).fingerprint != first
 
 
+def test_folder_at_once_records_what_the_file_by_file_path_records(idc_tree, tmp_path):
+    """The whole-folder fast path must agree with the general path wherever it accepts a folder,
+    and hand every other folder (litter, strays, contradictions, odd names) to the general path."""
+    root, _ = idc_tree
+    _touch(tmp_path, "9036/0/9036_idx5_x1_y1_class0.png")
+    _touch(tmp_path, "9036/0/9036_idx5_x51_y1_class0.png\n9036_idx5_x101_y1_class0.png")
+    _touch(tmp_path, "9036/1/9036_idx5_x1_y51_class1.png")
+    _touch(tmp_path, "9036/1/8863_idx5_x1_y51_class1.png")     # patient folder disagrees
+    _touch(tmp_path, "8863/1/8863_idx5_x1_y1_class1.png")
+    _touch(tmp_path, "8863/1/.DS_Store")
+    _touch(tmp_path, "8863/0/8863_idx5_x1_y1_class0.png")
+    accepted = {}
+    for tree in (root, str(tmp_path)):
+        for folder, dirs, files in os.walk(tree):
+            if dirs or not files:
+                continue
+            rel = os.path.relpath(folder, tree).replace(os.sep, "/") + "/"
+            fast, general = kaggle_tree._Examined(), kaggle_tree._Examined()
+            accepted[(tree, rel)] = kaggle_tree._record_patch_folder(rel, sorted(files), fast)
+            for name in sorted(files):
+                kaggle_tree._examine_file(rel + name, general)
+            # accepted exactly when every file is a patch of this folder's patient and class
+            clean = len(general.patches) == len(files) and rel.count("/") >= 2
+            assert accepted[(tree, rel)] == clean, rel
+            if clean:
+                assert "".join(fast.listing) == "".join(general.listing)
+                assert (fast.patches, fast.skipped, fast.litter, fast.other) == (
+                    general.patches, [], 0, 0)
+            else:
+                assert fast == kaggle_tree._Examined()  # nothing recorded twice
+    assert {rel for (tree, rel), ok in accepted.items() if tree == str(tmp_path)} == {
+        "9036/0/", "9036/1/", "8863/1/", "8863/0/"}
+    assert {rel for (tree, rel), ok in accepted.items() if tree == str(tmp_path) and ok} == {
+        "8863/0/"}
+    generated = [ok for (tree, _), ok in accepted.items() if tree == root]
+    assert sum(generated) >= len(generated) / 2  # its duplicate tree too; quirks go the long way
+    reasons = {s["path"]: s["reason"] for s in kaggle_tree.scan_tree(str(tmp_path)).skipped}
+    assert "does not parse" in reasons["9036/0/9036_idx5_x51_y1_class0.png\n"
+                                       "9036_idx5_x101_y1_class0.png"]
+
+
 def test_scan_of_a_missing_folder_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         kaggle_tree.scan_tree(str(tmp_path / "nowhere"))
