@@ -27,6 +27,12 @@ from idc_engine import kaggle_tree, records, shard_writer, splits
 from idc_engine import manifest as manifest_lib
 
 STAGING_PREFIX = ".convert-staging-"
+# What the workers' forkserver imports once. Besides the worker modules, the dependencies of
+# this CLI module: multiprocessing makes every worker run the parent's __main__ again, and with
+# absl already loaded that takes ~20 ms instead of ~40. (Not this module itself: runpy warns
+# when the module it is about to run as __main__ is already imported.)
+WORKER_PRELOAD = ["idc_engine.shard_writer", "idc_engine.kaggle_tree", "idc_engine.splits",
+                  "idc_engine.manifest", "absl.app", "absl.flags"]
 IMAGE_ENCODINGS = ("raw", "png")
 
 
@@ -135,12 +141,12 @@ class _Progress:
 def start_workers(num_workers: int):
     """A process pool, its workers started now so that their start overlaps the tree scan.
 
-    Workers are forked from a fresh forkserver process that has imported only numpy, PIL and
-    this package's converter modules (so a worker's import of the CLI's __main__, which
-    multiprocessing requires, finds absl and the rest already loaded: 20 ms, not 40): never forked from this process, which may hold TensorFlow's threads
-    (tests, notebooks; a fork of those can deadlock), and cheaper than spawning each worker
-    (one interpreter start and import instead of one per worker, none on later conversions in
-    the same process). spawn where there is no fork. None for num_workers == 1 (in-process).
+    Workers are forked from a fresh forkserver process that has imported only WORKER_PRELOAD
+    (numpy, PIL, the worker modules, absl): never forked from this process, which may hold
+    TensorFlow's threads (tests, notebooks; a fork of those can deadlock), and cheaper than
+    spawning each worker (one interpreter start and import instead of one per worker, none on
+    later conversions in the same process). spawn where there is no fork. None for
+    num_workers == 1 (in-process).
     """
     if num_workers == 1:
         return None
@@ -153,7 +159,7 @@ def start_workers(num_workers: int):
         return None
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["idc_engine.shard_writer", "idc_engine.kaggle_tree", "idc_engine.convert"])
+        context.set_forkserver_preload(WORKER_PRELOAD)
     else:
         context = multiprocessing.get_context("spawn")
     counter = context.Value("q", 0)
