@@ -9,6 +9,8 @@ import dataclasses
 import io
 import os
 import random
+import threading
+import time
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -32,6 +34,7 @@ class ShardTask:
     image_encoding: str             # "raw" or "png"
     seed: int
     with_stats: bool                # accumulate per-channel pixel sums (the train split)
+    read_ahead: bool = True         # read files ahead when they are not in memory
 
 
 @dataclasses.dataclass
@@ -160,6 +163,78 @@ class _ChannelMoments:
         self.used = 0
 
 
+def _in_memory(path: str) -> bool:
+    """Whether the start of a file is in the page cache (a non-blocking 1-byte read). True where
+    that cannot be asked (no RWF_NOWAIT), so nothing extra happens there."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True  # the decoder reports it
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+        return True
+    except BlockingIOError:
+        return False
+    except (AttributeError, OSError):
+        return True
+    finally:
+        os.close(fd)
+
+
+class _ReadAhead:
+    """Asks the kernel to start reading the next files of a shard while this process decodes.
+
+    Files not in memory (a first conversion after a reboot, a network disk) each cost a
+    blocking read of ~0.1 ms, which doubled the conversion (measured: 5.8 s instead of 2.9 s
+    for 31k patches). A thread opens the next WINDOW files and posix_fadvise(WILLNEED)s them:
+    the kernel reads them asynchronously, many at once. write_shard starts it only when it finds
+    files missing from memory, since each open costs ~3 us that a warm run would waste.
+    """
+
+    WINDOW = 256
+
+    def __init__(self, paths: list[str], start: int):
+        self.paths, self.position, self.stopped = paths, start, False
+        self.thread = threading.Thread(target=self._run, args=(start,), daemon=True,
+                                       name="read-ahead")
+        self.thread.start()
+
+    def _run(self, start: int) -> None:
+        for i in range(start, len(self.paths)):
+            while i > self.position + self.WINDOW and not self.stopped:
+                time.sleep(0.001)
+            if self.stopped:
+                return
+            try:
+                fd = os.open(self.paths[i], os.O_RDONLY)
+            except OSError:
+                continue  # the decoder reports it
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.thread.join()
+
+
+def _reading_ahead_if_needed(order: list, prefix: str, enabled: bool):
+    """Yields the patches of `order`. Every _PROGRESS_EVERY patches, while no read-ahead runs,
+    checks whether the next file is in memory and if not starts a _ReadAhead for the rest."""
+    read_ahead = None
+    try:
+        for index, patch in enumerate(order):
+            if read_ahead is not None:
+                read_ahead.position = index
+            elif enabled and index % _PROGRESS_EVERY == 0 and not _in_memory(prefix + patch[4][0]):
+                read_ahead = _ReadAhead([prefix + p[4][0] for p in order], index + 1)
+            yield patch
+    finally:  # also when the caller stops early
+        if read_ahead is not None:
+            read_ahead.stop()
+
+
 def write_shard(task: ShardTask) -> ShardResult:
     """Writes one shard with its records in a seeded random order; returns what it wrote."""
     order = list(task.patches)
@@ -171,7 +246,8 @@ def write_shard(task: ShardTask) -> ShardResult:
     keep_png = task.image_encoding == "png"
     with open(task.path, "wb") as out:
         write = out.write
-        for patient, x, y, label, paths in order:
+        for patient, x, y, label, paths in _reading_ahead_if_needed(order, prefix,
+                                                                     task.read_ahead):
             decoded = None
             for rel_path in paths:
                 try:

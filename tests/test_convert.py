@@ -177,9 +177,20 @@ def test_manifest_counts_and_train_channel_statistics(converted):
     assert manifest["input"]["fingerprint"].startswith("sha256:")
 
 
+def _evict_from_memory(root):
+    """Drops the files' pages from the page cache where the filesystem allows (not tmpfs)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
 def test_output_is_deterministic_and_independent_of_worker_count(idc_tree, converted, tmp_path):
+    """Also from input files not in memory, where the worker reads ahead."""
     root, _ = idc_tree
     out, manifest = converted
+    _evict_from_memory(root)
     again = convert.convert_tree(root, str(tmp_path / "again"), num_workers=1, min_shards=3,
                                  progress=False)
     for path in shard_paths(out, manifest):
@@ -409,3 +420,32 @@ def test_a_script_read_from_stdin_converts_in_process_with_a_warning(tmp_path):
     workers, examples = map(int, result.stdout.split())
     assert workers == 1 and examples > 0
     assert verify.verify_conversion(str(tmp_path / "out")) == []
+
+
+def test_read_ahead_starts_for_files_not_in_memory_and_always_stops(idc_tree, monkeypatch):
+    root, _ = idc_tree
+    listing = kaggle_tree.scan_tree(root)
+    order = [(p.patient, p.x, p.y, p.label, p.paths) for p in listing.patches[:300]]
+    order.insert(5, ("9036", 1, 1, 0, ["missing/9036_idx5_x1_y1_class0.png"]))
+    prefix = os.path.join(root, "")
+    assert shard_writer._in_memory(prefix + order[0][4][0]) in (True, False)
+    with open(prefix + order[0][4][0], "rb") as f:
+        f.read()
+    assert shard_writer._in_memory(prefix + order[0][4][0])  # just read: in memory
+
+    started = []
+    real = shard_writer._ReadAhead
+
+    def recording(paths, start):
+        started.append(real(paths, start))
+        return started[-1]
+
+    monkeypatch.setattr(shard_writer, "_ReadAhead", recording)
+    monkeypatch.setattr(shard_writer, "_in_memory", lambda path: False)  # as if cold
+    assert list(shard_writer._reading_ahead_if_needed(order, prefix, True)) == order
+    assert len(started) == 1 and not started[0].thread.is_alive()
+    assert list(shard_writer._reading_ahead_if_needed(order, prefix, False)) == order
+    assert len(started) == 1  # disabled: never started
+    for _ in zip(range(10), shard_writer._reading_ahead_if_needed(order, prefix, True)):
+        pass  # the consumer stops early (an error in write_shard): the thread stops too
+    assert len(started) == 2 and not started[1].thread.is_alive()
