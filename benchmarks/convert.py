@@ -9,7 +9,12 @@ converter's own PNG decoder on the same files (`shard_writer.decode_patch`, noth
 limit). The ratio against the ideal `num_workers x decode rate` says how much the converter loses
 to everything that is not decoding; the one-worker ratio isolates per-worker overhead from machine
 load. For context, the rate of the plain PIL loop (Image.open, load, np.asarray) a hand-written
-converter would use is reported too. Repetitions alternate all four so that all see the same load.
+converter would use is reported too. Repetitions alternate them so that all see the same load.
+
+A first conversion often reads files that are not in memory (after a reboot, on a network disk).
+`convert_cold_input_patches_per_s` converts after dropping the input from the page cache
+(posix_fadvise DONTNEED; reported as `input_evictable`, false on tmpfs), with the plain PIL loop
+on the same evicted files beside it.
 """
 
 import os
@@ -75,6 +80,17 @@ def pil_decode_all(paths: list[str]) -> None:
             pass
 
 
+def evict_from_memory(paths: list[str]) -> bool:
+    """Drops the files from the page cache; whether that worked (not on tmpfs)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return not shard_writer.in_page_cache(paths[0])
+
+
 def main(argv) -> None:
     del argv
     work = FLAGS.work_dir or tempfile.mkdtemp(prefix="idc_bench_convert_")
@@ -107,25 +123,34 @@ def main(argv) -> None:
     shutil.rmtree(out, ignore_errors=True)
     decode_all(paths)  # warm-up: page cache, imports
     timed(run_convert)
-    rates = {name: [] for name in ("decode", "parallel", "pil", "convert", "single")}
+    names = ("decode", "parallel", "pil", "convert", "single", "cold_convert", "cold_pil")
+    rates = {name: [] for name in names}
+    evictable = True
     for _ in range(FLAGS.repeats):
         rates["decode"].append(timed(lambda: decode_all(paths)))
         rates["parallel"].append(parallel_decode_rate(paths, workers))
         rates["pil"].append(timed(lambda: pil_decode_all(paths)))
         rates["convert"].append(timed(run_convert))
         rates["single"].append(timed(lambda: run_convert(1)))
-    decode_rate, parallel_rate, pil_rate, convert_rate, single_rate = (
-        statistics.median(rates[k]) for k in ("decode", "parallel", "pil", "convert", "single"))
+        evictable &= evict_from_memory(paths)
+        rates["cold_convert"].append(timed(run_convert))
+        evict_from_memory(paths)
+        rates["cold_pil"].append(timed(lambda: pil_decode_all(paths)))
+    (decode_rate, parallel_rate, pil_rate, convert_rate, single_rate, cold_rate,
+     cold_pil_rate) = (statistics.median(rates[k]) for k in names)
 
     report = BenchmarkReport("convert", FLAGS.output_dir, config={
         "input_dir": input_dir, "num_patches": len(paths), "num_png_files": listing.num_png_files,
         "num_workers": workers,
-        "repeats": FLAGS.repeats, "cores": len(os.sched_getaffinity(0))})
+        "repeats": FLAGS.repeats, "cores": len(os.sched_getaffinity(0)),
+        "input_evictable": evictable})
     report.add("decode_single_process_patches_per_s", decode_rate, all=rates["decode"])
     report.add(f"decode_{workers}_processes_patches_per_s", parallel_rate, all=rates["parallel"])
     report.add("plain_pil_decode_single_process_patches_per_s", pil_rate, all=rates["pil"])
     report.add("convert_patches_per_s", convert_rate, all=rates["convert"])
     report.add("convert_1_worker_patches_per_s", single_rate, all=rates["single"])
+    report.add("convert_cold_input_patches_per_s", cold_rate, all=rates["cold_convert"])
+    report.add("plain_pil_decode_cold_input_patches_per_s", cold_pil_rate, all=rates["cold_pil"])
     report.add("num_workers", workers)
     # per-worker efficiency: what a worker loses to encoding and writing, whatever the load
     report.add("convert_1_worker_vs_decode", single_rate / decode_rate)
@@ -134,6 +159,7 @@ def main(argv) -> None:
     # what the machine allows: N processes doing nothing but decoding
     report.add("parallel_decode_vs_ideal", parallel_rate / (workers * decode_rate))
     report.add("convert_vs_parallel_decode", convert_rate / parallel_rate)
+    report.add("convert_cold_vs_warm_input", cold_rate / convert_rate)
     report.write()
     if FLAGS.work_dir is None:
         shutil.rmtree(work)

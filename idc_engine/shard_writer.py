@@ -163,7 +163,7 @@ class _ChannelMoments:
         self.used = 0
 
 
-def _in_memory(path: str) -> bool:
+def in_page_cache(path: str) -> bool:
     """Whether the start of a file is in the page cache (a non-blocking 1-byte read). True where
     that cannot be asked (no RWF_NOWAIT), so nothing extra happens there."""
     try:
@@ -227,7 +227,7 @@ def _reading_ahead_if_needed(order: list, prefix: str, enabled: bool):
         for index, patch in enumerate(order):
             if read_ahead is not None:
                 read_ahead.position = index
-            elif enabled and index % _PROGRESS_EVERY == 0 and not _in_memory(prefix + patch[4][0]):
+            elif enabled and index % _PROGRESS_EVERY == 0 and not in_page_cache(prefix + patch[4][0]):
                 read_ahead = _ReadAhead([prefix + p[4][0] for p in order], index + 1)
             yield patch
     finally:  # also when the caller stops early

@@ -21,13 +21,17 @@ def test_convert_benchmark_reports_every_rate_and_ratio(tmp_path):
     workers = report["config"]["num_workers"]
     rates = ["decode_single_process_patches_per_s", f"decode_{workers}_processes_patches_per_s",
              "plain_pil_decode_single_process_patches_per_s", "convert_patches_per_s",
-             "convert_1_worker_patches_per_s"]
+             "convert_1_worker_patches_per_s", "convert_cold_input_patches_per_s",
+             "plain_pil_decode_cold_input_patches_per_s"]
     for name in rates:
         assert results[name] > 0, name
     assert results["convert_vs_ideal_workers_x_decode"] == (
         results["convert_patches_per_s"] / (workers * results["decode_single_process_patches_per_s"]))
     assert results["convert_vs_parallel_decode"] == (
         results["convert_patches_per_s"] / results[f"decode_{workers}_processes_patches_per_s"])
+    assert results["convert_cold_vs_warm_input"] == (
+        results["convert_cold_input_patches_per_s"] / results["convert_patches_per_s"])
+    assert isinstance(report["config"]["input_evictable"], bool)
     assert report["config"]["num_patches"] > 100
     # the conversions went into a scratch folder that is removed after each run
     assert not os.path.exists(tmp_path / "work" / "tfrecords")

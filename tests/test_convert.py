@@ -428,10 +428,10 @@ def test_read_ahead_starts_for_files_not_in_memory_and_always_stops(idc_tree, mo
     order = [(p.patient, p.x, p.y, p.label, p.paths) for p in listing.patches[:300]]
     order.insert(5, ("9036", 1, 1, 0, ["missing/9036_idx5_x1_y1_class0.png"]))
     prefix = os.path.join(root, "")
-    assert shard_writer._in_memory(prefix + order[0][4][0]) in (True, False)
+    assert shard_writer.in_page_cache(prefix + order[0][4][0]) in (True, False)
     with open(prefix + order[0][4][0], "rb") as f:
         f.read()
-    assert shard_writer._in_memory(prefix + order[0][4][0])  # just read: in memory
+    assert shard_writer.in_page_cache(prefix + order[0][4][0])  # just read: in memory
 
     started = []
     real = shard_writer._ReadAhead
@@ -441,7 +441,7 @@ def test_read_ahead_starts_for_files_not_in_memory_and_always_stops(idc_tree, mo
         return started[-1]
 
     monkeypatch.setattr(shard_writer, "_ReadAhead", recording)
-    monkeypatch.setattr(shard_writer, "_in_memory", lambda path: False)  # as if cold
+    monkeypatch.setattr(shard_writer, "in_page_cache", lambda path: False)  # as if cold
     assert list(shard_writer._reading_ahead_if_needed(order, prefix, True)) == order
     assert len(started) == 1 and not started[0].thread.is_alive()
     assert list(shard_writer._reading_ahead_if_needed(order, prefix, False)) == order
