@@ -268,4 +268,3 @@ def _merge(examined) -> TreeListing:
     patches = [by_key[key] for key in sorted(by_key)]
     return TreeListing(patches, skipped, num_png, num_duplicates, ignored,
                        "sha256:" + digest.hexdigest())
-
