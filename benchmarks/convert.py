@@ -82,12 +82,7 @@ def pil_decode_all(paths: list[str]) -> None:
 
 def evict_from_memory(paths: list[str]) -> bool:
     """Drops the files from the page cache; whether that worked (not on tmpfs)."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+    shard_writer.drop_from_page_cache(paths)
     return not shard_writer.in_page_cache(paths[0])
 
 

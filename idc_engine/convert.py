@@ -297,6 +297,7 @@ def build_manifest(listing, patient_split, settings, results, input_dir, image_e
     }
 
 
+@kaggle_tree.without_cyclic_gc()  # else a full collection over the caller's heap per phase
 def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
                  split_file: str | None = None, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, seed: int = 0, num_shards: int = 0,
@@ -312,14 +313,6 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
     if os.path.abspath(output_dir) == os.path.abspath(input_dir):
         raise ConversionError("--output_dir must differ from --input_dir")
     prepare_output_dir(output_dir, overwrite)
-    with kaggle_tree.without_cyclic_gc():  # a full collection over the caller's heap per phase
-        return _convert(input_dir, output_dir, split, split_file, val_fraction, test_fraction,
-                        seed, num_shards, shard_size_mb, min_shards, image_encoding, num_workers,
-                        progress)
-
-
-def _convert(input_dir, output_dir, split, split_file, val_fraction, test_fraction, seed,
-             num_shards, shard_size_mb, min_shards, image_encoding, num_workers, progress) -> dict:
     start = time.perf_counter()
     workers = max(1, num_workers or len(os.sched_getaffinity(0)))
     pool = start_workers(workers)  # they start while this process begins the scan

@@ -74,7 +74,7 @@ def _plan_jobs(root: str, rel_dir: str = "", depth: int = 2) -> list[tuple[str, 
     """The tree's top `depth` levels, listed in walk order: ("dir", "a/b/") for each subtree
     below them (a patient's class folder, or a patient folder of the duplicate tree) and
     ("file", "a/name") for each file found on the way. Examining the subtrees is the scan's
-    real work (a stat and a name parse per file): the jobs let worker processes share it."""
+    real work (listing and name parsing): the jobs let worker processes share it."""
     with os.scandir(os.path.join(root, rel_dir)) as entries:
         entries = sorted(entries, key=lambda e: e.name)
     jobs = []
@@ -216,7 +216,7 @@ def _shared_map(executor, fn, items):
 def scan_tree(root: str, executor=None) -> TreeListing:
     """Lists the patches below `root` (the Kaggle root or its IDC_regular_ps50_idx5/ folder).
 
-    With an `executor` (the converter's process pool) its workers share the stats and name
+    With an `executor` (the converter's process pool) its workers share the listing and name
     parsing (the real download has 555k files); results are merged in walk order, so the
     listing is the same either way.
     """

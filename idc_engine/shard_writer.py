@@ -34,7 +34,6 @@ class ShardTask:
     image_encoding: str             # "raw" or "png"
     seed: int
     with_stats: bool                # accumulate per-channel pixel sums (the train split)
-    read_ahead: bool = True         # read files ahead when they are not in memory
 
 
 @dataclasses.dataclass
@@ -181,6 +180,17 @@ def in_page_cache(path: str) -> bool:
         os.close(fd)
 
 
+def drop_from_page_cache(paths) -> None:
+    """posix_fadvise(DONTNEED) for each file: as if never read (a no-op on tmpfs). For measuring
+    and testing conversions from input not in memory."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 class _ReadAhead:
     """Asks the kernel to start reading the next files of a shard while this process decodes.
 
@@ -219,7 +229,7 @@ class _ReadAhead:
         self.thread.join()
 
 
-def _reading_ahead_if_needed(order: list, prefix: str, enabled: bool):
+def _reading_ahead_if_needed(order: list, prefix: str):
     """Yields the patches of `order`. Every _PROGRESS_EVERY patches, while no read-ahead runs,
     checks whether the next file is in memory and if not starts a _ReadAhead for the rest."""
     read_ahead = None
@@ -227,7 +237,7 @@ def _reading_ahead_if_needed(order: list, prefix: str, enabled: bool):
         for index, patch in enumerate(order):
             if read_ahead is not None:
                 read_ahead.position = index
-            elif enabled and index % _PROGRESS_EVERY == 0 and not in_page_cache(prefix + patch[4][0]):
+            elif index % _PROGRESS_EVERY == 0 and not in_page_cache(prefix + patch[4][0]):
                 read_ahead = _ReadAhead([prefix + p[4][0] for p in order], index + 1)
             yield patch
     finally:  # also when the caller stops early
@@ -246,8 +256,7 @@ def write_shard(task: ShardTask) -> ShardResult:
     keep_png = task.image_encoding == "png"
     with open(task.path, "wb") as out:
         write = out.write
-        for patient, x, y, label, paths in _reading_ahead_if_needed(order, prefix,
-                                                                     task.read_ahead):
+        for patient, x, y, label, paths in _reading_ahead_if_needed(order, prefix):
             decoded = None
             for rel_path in paths:
                 try:

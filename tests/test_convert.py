@@ -177,20 +177,12 @@ def test_manifest_counts_and_train_channel_statistics(converted):
     assert manifest["input"]["fingerprint"].startswith("sha256:")
 
 
-def _evict_from_memory(root):
-    """Drops the files' pages from the page cache where the filesystem allows (not tmpfs)."""
-    for folder, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
-
-
 def test_output_is_deterministic_and_independent_of_worker_count(idc_tree, converted, tmp_path):
     """Also from input files not in memory, where the worker reads ahead."""
     root, _ = idc_tree
     out, manifest = converted
-    _evict_from_memory(root)
+    shard_writer.drop_from_page_cache(
+        os.path.join(folder, name) for folder, _, files in os.walk(root) for name in files)
     again = convert.convert_tree(root, str(tmp_path / "again"), num_workers=1, min_shards=3,
                                  progress=False)
     for path in shard_paths(out, manifest):
@@ -442,10 +434,8 @@ def test_read_ahead_starts_for_files_not_in_memory_and_always_stops(idc_tree, mo
 
     monkeypatch.setattr(shard_writer, "_ReadAhead", recording)
     monkeypatch.setattr(shard_writer, "in_page_cache", lambda path: False)  # as if cold
-    assert list(shard_writer._reading_ahead_if_needed(order, prefix, True)) == order
+    assert list(shard_writer._reading_ahead_if_needed(order, prefix)) == order
     assert len(started) == 1 and not started[0].thread.is_alive()
-    assert list(shard_writer._reading_ahead_if_needed(order, prefix, False)) == order
-    assert len(started) == 1  # disabled: never started
-    for _ in zip(range(10), shard_writer._reading_ahead_if_needed(order, prefix, True)):
+    for _ in zip(range(10), shard_writer._reading_ahead_if_needed(order, prefix)):
         pass  # the consumer stops early (an error in write_shard): the thread stops too
     assert len(started) == 2 and not started[1].thread.is_alive()
