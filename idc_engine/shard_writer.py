@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from idc_engine import records
+from idc_engine.direct_file import DirectFile
 
 # Undersized edge patches are padded at the bottom/right with white: the glass background of an
 # H&E slide, i.e. "no tissue here". The record keeps the original height and width.
@@ -118,11 +119,12 @@ class _ChannelMoments:
     """Exact per-channel sum and sum of squares of uint8 pixels, accumulated cheaply.
 
     Full-size patches are stacked into a buffer and reduced over the batch axis (contiguous,
-    vectorized: ~4 us a patch instead of ~40 for a per-patch reduction); padded patches, rare,
-    are added one by one over their unpadded pixels only.
+    vectorized: ~4 us a patch instead of ~40 for a per-patch reduction; 64 patches, 1.4 MB with
+    their squares, stay in the core's cache between decodes: ~20% cheaper than 256 measured in
+    the converter); padded patches, rare, are added one by one over their unpadded pixels only.
     """
 
-    def __init__(self, batch: int = 256):
+    def __init__(self, batch: int = 64):
         assert batch <= 256, "the uint16/uint32 sums in flush() are exact up to 256 patches"
         self.buffer = np.empty((batch,) + records.IMAGE_SHAPE, np.uint8)
         self.flat = memoryview(self.buffer.reshape(-1))
@@ -229,17 +231,18 @@ class _ReadAhead:
         self.thread.join()
 
 
-def _reading_ahead_if_needed(order: list, prefix: str):
-    """Yields the patches of `order`. Every _PROGRESS_EVERY patches, while no read-ahead runs,
-    checks whether the next file is in memory and if not starts a _ReadAhead for the rest."""
+def _chunks_reading_ahead(order: list, prefix: str):
+    """Yields `order` in chunks of _PROGRESS_EVERY patches (per-chunk work, not per-patch).
+    Before each, while no read-ahead runs, checks whether the chunk's first file is in memory
+    and if not starts a _ReadAhead for the rest."""
     read_ahead = None
     try:
-        for index, patch in enumerate(order):
+        for start in range(0, len(order), _PROGRESS_EVERY):
             if read_ahead is not None:
-                read_ahead.position = index
-            elif index % _PROGRESS_EVERY == 0 and not in_page_cache(prefix + patch[4][0]):
-                read_ahead = _ReadAhead([prefix + p[4][0] for p in order], index + 1)
-            yield patch
+                read_ahead.position = start
+            elif not in_page_cache(prefix + order[start][4][0]):
+                read_ahead = _ReadAhead([prefix + p[4][0] for p in order], start + 1)
+            yield order[start:start + _PROGRESS_EVERY]
     finally:  # also when the caller stops early
         if read_ahead is not None:
             read_ahead.stop()
@@ -250,42 +253,39 @@ def write_shard(task: ShardTask) -> ShardResult:
     order = list(task.patches)
     random.Random(f"{task.seed}/{task.split}/{task.index}").shuffle(order)
     skipped, padded, patients = [], [], set()
-    num_examples = num_positive = num_lost = pending = 0
+    num_examples = num_positive = num_lost = 0
     moments = _ChannelMoments() if task.with_stats else None
     prefix = os.path.join(task.input_dir, "")
     keep_png = task.image_encoding == "png"
-    with open(task.path, "wb") as out:
+    with DirectFile(task.path) as out:
         write = out.write
-        for patient, x, y, label, paths in _reading_ahead_if_needed(order, prefix):
-            decoded = None
-            for rel_path in paths:
-                try:
-                    decoded = decode_patch(prefix + rel_path, keep_png)
-                    break
-                except (OSError, ValueError) as e:
-                    reason = str(e) if isinstance(e, ValueError) else f"cannot read: {e}"
-                    if len(paths) > 1:
-                        reason += f" (one of {len(paths)} copies)"
-                    skipped.append({"path": rel_path, "reason": reason})
-            pending += 1
-            if pending == _PROGRESS_EVERY:
-                _report_progress(pending)
-                pending = 0
-            if decoded is None:
-                num_lost += 1
-                continue
-            pixels, height, width, source_png = decoded
-            if height != records.PATCH_SIZE or width != records.PATCH_SIZE:
-                padded.append({"path": rel_path, "height": height, "width": width})
-                source_png = None
-            image = _png_bytes(pixels, source_png) if keep_png else pixels
-            records.write_example(write, image, label, patient, x, y, height, width)
-            num_examples += 1
-            num_positive += label
-            patients.add(patient)
-            if moments is not None:
-                moments.add(pixels, height, width)
-    _report_progress(pending)
+        for chunk in _chunks_reading_ahead(order, prefix):
+            for patient, x, y, label, paths in chunk:
+                decoded = None
+                for rel_path in paths:
+                    try:
+                        decoded = decode_patch(prefix + rel_path, keep_png)
+                        break
+                    except (OSError, ValueError) as e:
+                        reason = str(e) if isinstance(e, ValueError) else f"cannot read: {e}"
+                        if len(paths) > 1:
+                            reason += f" (one of {len(paths)} copies)"
+                        skipped.append({"path": rel_path, "reason": reason})
+                if decoded is None:
+                    num_lost += 1
+                    continue
+                pixels, height, width, source_png = decoded
+                if height != records.PATCH_SIZE or width != records.PATCH_SIZE:
+                    padded.append({"path": rel_path, "height": height, "width": width})
+                    source_png = None
+                image = _png_bytes(pixels, source_png) if keep_png else pixels
+                records.write_example(write, image, label, patient, x, y, height, width)
+                num_examples += 1
+                num_positive += label
+                patients.add(patient)
+                if moments is not None:
+                    moments.add(pixels, height, width)
+            _report_progress(len(chunk))
     if moments is not None:
         moments.flush()
     return ShardResult(task.split, task.index, task.path, num_examples, num_positive,

@@ -383,7 +383,7 @@ def test_channel_moments_are_exact_over_many_batches_and_padded_patches():
     rng = np.random.default_rng(1)
     moments = shard_writer._ChannelMoments()
     real = []
-    for i in range(600):  # > 2 batches of 256; every 7th patch undersized
+    for i in range(600):  # several batches and a partial one; every 7th undersized
         h, w = (50, 50) if i % 7 else (int(rng.integers(1, 50)), int(rng.integers(1, 51)))
         image = np.full((50, 50, 3), shard_writer.PAD_VALUE, np.uint8)
         image[:h, :w] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -434,8 +434,9 @@ def test_read_ahead_starts_for_files_not_in_memory_and_always_stops(idc_tree, mo
 
     monkeypatch.setattr(shard_writer, "_ReadAhead", recording)
     monkeypatch.setattr(shard_writer, "in_page_cache", lambda path: False)  # as if cold
-    assert list(shard_writer._reading_ahead_if_needed(order, prefix)) == order
+    chunks = list(shard_writer._chunks_reading_ahead(order, prefix))
+    assert [patch for chunk in chunks for patch in chunk] == order and len(chunks) > 1
     assert len(started) == 1 and not started[0].thread.is_alive()
-    for _ in zip(range(10), shard_writer._reading_ahead_if_needed(order, prefix)):
+    for _ in zip(range(1), shard_writer._chunks_reading_ahead(order, prefix)):
         pass  # the consumer stops early (an error in write_shard): the thread stops too
     assert len(started) == 2 and not started[1].thread.is_alive()
