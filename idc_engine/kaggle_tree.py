@@ -46,11 +46,11 @@ class Patch:
 @dataclasses.dataclass
 class TreeListing:
     patches: list[Patch]                    # sorted by (patient, y, x)
-    skipped: list[dict]                     # [{"path", "reason"}], paths relative to the root, "/"
+    skipped: list[dict]                     # [{"path", "reason"}] by path, relative to the root, "/"
     num_png_files: int                      # every .png seen, duplicates included
     num_duplicates: int                     # copies beyond the first of a (patient, x, y)
     ignored: dict                           # {"litter": n, "other": n}
-    fingerprint: str                        # sha256 of the relative paths of every .png, in walk order
+    fingerprint: str                        # sha256 of the sha256 of each folder's .png paths, walk order
 
 
 def parse_patch_name(name: str) -> PatchName | None:
@@ -118,23 +118,35 @@ def without_cyclic_gc():
 
 @dataclasses.dataclass
 class _Examined:
-    """What a worker found in a group of jobs, in walk order."""
+    """What a worker found in a group of jobs: per job, then deduplicated over the group."""
     litter: int = 0
     other: int = 0
     listing: list = dataclasses.field(default_factory=list)  # "path\n" of each .png (or runs of them)
     patches: list = dataclasses.field(default_factory=list)  # (rel_path, patient, x, y, label)
     skipped: list = dataclasses.field(default_factory=list)  # {"path", "reason"}
+    digests: list = dataclasses.field(default_factory=list)  # (job index, sha256 of its listing)
+    num_png: int = 0
+    num_duplicates: int = 0
+    patients: set = dataclasses.field(default_factory=set)
 
 
-def _examine(root: str, jobs: list[tuple[str, str]]) -> _Examined:
-    """Lists and parses the files of some jobs of _plan_jobs (runs in a worker process)."""
+def _examine(root: str, jobs: list[tuple[int, str, str]]) -> _Examined:
+    """Lists and parses the files of a group of jobs of _plan_jobs, (walk index, kind, path)
+    in walk order, then deduplicates them: the group holds every copy of its patients' patches
+    (runs in a worker process). `patches` becomes (patient, y, x, label, [paths]) sorted."""
     with without_cyclic_gc():
         found = _Examined()
-        for kind, rel in jobs:
+        for index, kind, rel in jobs:
             if kind == "file":
                 _examine_file(rel, found)
             else:
                 _examine_dir(root, rel, found)
+            listing = "".join(found.listing).encode()
+            found.listing.clear()
+            found.num_png += listing.count(b"\n")
+            found.digests.append((index, hashlib.sha256(listing).digest()))
+        found.patches, found.num_duplicates = _deduplicate(found.patches, found.skipped)
+        found.patients = {row[0] for row in found.patches}
         return found
 
 
@@ -200,8 +212,9 @@ def _record_patch_folder(rel_dir: str, names: list[str], found: _Examined) -> bo
         return False  # a folder contradicting some name, or not a <patient>/<0|1>/ folder
     found.listing.append(rel_dir + ("\n" + rel_dir).join(names) + "\n")
     label = int(class_dir)
-    found.patches += zip([rel_dir + name for name in names], patients, map(int, xs),
-                         map(int, ys), [label] * len(names))
+    # one patient string object for the folder: pickled once when the group returns
+    found.patches += zip([rel_dir + name for name in names], [patient_dir] * len(names),
+                         map(int, xs), map(int, ys), [label] * len(names))
     return True
 
 
@@ -213,58 +226,105 @@ def _shared_map(executor, fn, items):
         yield fn(item) if future.cancel() else future.result()
 
 
+def _patient_of_job(job: tuple[str, str]) -> str | None:
+    """The patient folder a job lies in ("10253/0/", "IDC_regular_ps50_idx5/10253/"), if any."""
+    kind, rel = job
+    if kind == "dir":
+        for part in rel.split("/"):
+            if part.isdigit():
+                return part
+    return None
+
+
+def _group_by_patient(jobs: list[tuple[str, str]], num_groups: int) -> list[list]:
+    """At most num_groups groups of (walk index, kind, path), each holding all the jobs of its
+    patients (both copies in the Kaggle layout), in walk order, of similar sizes."""
+    by_patient: dict = {}
+    for index, job in enumerate(jobs):
+        by_patient.setdefault(_patient_of_job(job), []).append((index,) + job)
+    others = by_patient.pop(None, [])
+    patients = sorted(by_patient)
+    per_group = max(1, -(-len(patients) // num_groups))
+    groups = [[job for patient in patients[i:i + per_group] for job in by_patient[patient]]
+              for i in range(0, len(patients), per_group)]
+    return groups + ([others] if others else [])
+
+
 def scan_tree(root: str, executor=None) -> TreeListing:
     """Lists the patches below `root` (the Kaggle root or its IDC_regular_ps50_idx5/ folder).
 
-    With an `executor` (the converter's process pool) its workers share the listing and name
-    parsing (the real download has 555k files); results are merged in walk order, so the
-    listing is the same either way.
+    With an `executor` (the converter's process pool) its workers share the listing, name
+    parsing and deduplication (the real download has 555k files), each a group of patients;
+    this process only joins the groups. A patch named in folders of two groups (files outside
+    the <patient>/<0|1>/ layout) makes it scan again as one group: the listing is the same
+    either way.
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--input_dir {root!r} is not a directory")
     jobs = _plan_jobs(root)
-    num_groups = min(len(jobs), 64) or 1
-    groups = [jobs[i * len(jobs) // num_groups:(i + 1) * len(jobs) // num_groups]
-              for i in range(num_groups)]
     examine = functools.partial(_examine, root)
+    groups = _group_by_patient(jobs, 64)
     examined = map(examine, groups) if executor is None else _shared_map(executor, examine, groups)
     with without_cyclic_gc():
-        return _merge(examined)
+        listing = _join(examined, len(jobs))
+        if listing is None:  # a patient in two groups
+            listing = _join([examine([(i,) + job for i, job in enumerate(jobs)])], len(jobs))
+        return listing
 
 
 def _copy_preference(rel_path: str) -> tuple[int, str]:
     return rel_path.count("/"), rel_path
 
 
-def _merge(examined) -> TreeListing:
-    """One listing from the _Examined of each group, in walk order: each (patient, x, y) once."""
-    by_key: dict[tuple, Patch] = {}  # keyed (patient, y, x): the listing's order, sorted in C
-    skipped, ignored = [], {"litter": 0, "other": 0}
+def _deduplicate(rows: list, skipped: list) -> tuple[list, int]:
+    """(rel_path, patient, x, y, label) rows in walk order -> ((patient, y, x, label, [paths])
+    sorted, the number of extra copies): each (patient, x, y) once, with every path holding a
+    copy, preferred first. A copy whose label contradicts the first is added to `skipped`."""
+    by_key: dict[tuple, list] = {}  # (patient, y, x): the listing's order, sorted in C
+    num_duplicates = 0
+    for rel_path, patient, x, y, label in rows:
+        key = (patient, y, x)
+        existing = by_key.get(key)
+        if existing is None:
+            by_key[key] = [label, [rel_path]]
+        elif existing[0] != label:
+            skipped.append({"path": rel_path, "reason": f"label disagrees with its copy "
+                            f"{existing[1][0]} of the same patient, x and y"})
+        else:
+            num_duplicates += 1
+            paths = existing[1]
+            paths.append(rel_path)
+            # Prefer the copy nearest the root given: the shorter path. The walk usually
+            # meets it first (digits sort before "IDC_regular_ps50_idx5/"), so rarely a sort.
+            if _copy_preference(paths[-2]) > _copy_preference(rel_path):
+                paths.sort(key=_copy_preference)
+    return [key + (label, paths) for key, (label, paths) in sorted(by_key.items())], num_duplicates
+
+
+def _path_of(skipped: dict) -> str:
+    return skipped["path"]
+
+
+def _join(examined, num_jobs: int) -> TreeListing | None:
+    """One listing from the groups' _Examined; None if some patient is in two groups."""
+    rows, skipped, ignored = [], [], {"litter": 0, "other": 0}
+    digests = [b""] * num_jobs
+    patients: set = set()
     num_png = num_duplicates = 0
-    digest = hashlib.sha256()
     for found in examined:
+        if not patients.isdisjoint(found.patients):
+            return None
+        patients |= found.patients
+        rows += found.patches
+        skipped += found.skipped
         ignored["litter"] += found.litter
         ignored["other"] += found.other
-        listing = "".join(found.listing)
-        num_png += listing.count("\n")
-        digest.update(listing.encode())
-        skipped += found.skipped
-        for rel_path, patient, x, y, label in found.patches:
-            key = (patient, y, x)
-            existing = by_key.get(key)
-            if existing is None:
-                by_key[key] = Patch(patient, x, y, label, [rel_path])
-            elif existing.label != label:
-                skipped.append({"path": rel_path, "reason": f"label disagrees with its copy "
-                                f"{existing.paths[0]} of the same patient, x and y"})
-            else:
-                num_duplicates += 1
-                paths = existing.paths
-                paths.append(rel_path)
-                # Prefer the copy nearest the root given: the shorter path. The walk usually
-                # meets it first (digits sort before "IDC_regular_ps50_idx5/"), so rarely a sort.
-                if _copy_preference(paths[-2]) > _copy_preference(rel_path):
-                    paths.sort(key=_copy_preference)
-    patches = [by_key[key] for key in sorted(by_key)]
+        num_png += found.num_png
+        num_duplicates += found.num_duplicates
+        for index, digest in found.digests:
+            digests[index] = digest
+    rows.sort()  # sorted runs, one per group: (patient, y, x) unique, so paths never compared
+    skipped.sort(key=_path_of)  # the same whatever the groups
+    patches = [Patch(patient, x, y, label, paths) for patient, y, x, label, paths in rows]
     return TreeListing(patches, skipped, num_png, num_duplicates, ignored,
-                       "sha256:" + digest.hexdigest())
+                       "sha256:" + hashlib.sha256(b"".join(digests)).hexdigest())

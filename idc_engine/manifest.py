@@ -18,7 +18,7 @@ Layout (schema_version 1; paths are relative to the output directory):
       "num_padded": int, "padded": [{"path", "height", "width"}],
       "num_lost_patches": int,                # patches none of whose copies decoded
       "num_duplicates": int, "ignored_files": {"litter": int, "other": int},
-      "input": {"dir", "num_png_files", "fingerprint"},   # sha256 of every .png path, walk order
+      "input": {"dir", "num_png_files", "fingerprint"},   # sha256 of each subtree's .png paths
       "created_by": str, "created_at": str
     }
 

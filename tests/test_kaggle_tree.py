@@ -1,5 +1,6 @@
 """File-name parsing and tree scanning of the Kaggle layout."""
 
+import functools
 import os
 
 import pytest
@@ -145,3 +146,29 @@ def test_scan_shared_with_worker_processes_lists_exactly_what_a_serial_scan_list
             assert serial.patches and serial.num_png_files >= len(serial.patches)
     finally:
         pool.shutdown()
+
+
+def test_groups_of_patients_list_what_one_group_of_everything_lists(idc_tree, tmp_path):
+    """Workers deduplicate a group of patients each (every copy of a patient's patch is in its
+    group); one group holding the whole tree is the reference. A copy outside the layout puts a
+    patient in two groups: the scan then falls back to one group and still merges the copies."""
+    root, _ = idc_tree
+    stray = tmp_path / "stray"
+    for rel in ["9036/0/9036_idx5_x1_y1_class0.png", "9036/1/9036_idx5_x51_y1_class1.png",
+                "8863/0/8863_idx5_x1_y1_class0.png", "extra/9036_idx5_x1_y1_class0.png"]:
+        _touch(stray, rel)
+    for tree in (root, str(stray)):
+        jobs = kaggle_tree._plan_jobs(tree)
+        groups = kaggle_tree._group_by_patient(jobs, 64)
+        assert sorted(job for group in groups for job in group) == [
+            (i,) + job for i, job in enumerate(jobs)]
+        whole = kaggle_tree._join([kaggle_tree._examine(tree, [(i,) + job for i, job in
+                                                               enumerate(jobs)])], len(jobs))
+        assert kaggle_tree.scan_tree(tree) == whole
+    assert len(groups) > 1 and kaggle_tree._join(
+        map(functools.partial(kaggle_tree._examine, str(stray)), groups), len(jobs)) is None
+    merged = kaggle_tree.scan_tree(str(stray)).patches[1]
+    assert (merged.patient, merged.x, merged.y) == ("9036", 1, 1)
+    assert merged.paths == ["extra/9036_idx5_x1_y1_class0.png", "9036/0/9036_idx5_x1_y1_class0.png"]
+    generated = kaggle_tree.scan_tree(root)
+    assert generated.num_duplicates > 0  # the fixture's duplicate IDC_regular_ps50_idx5/ tree
