@@ -50,7 +50,7 @@ class TreeListing:
     num_png_files: int                      # every .png seen, duplicates included
     num_duplicates: int                     # copies beyond the first of a (patient, x, y)
     ignored: dict                           # {"litter": n, "other": n}
-    fingerprint: str                        # sha256 of the sha256 of each folder's .png paths, walk order
+    fingerprint: str                        # sha256 of the sha256 of each subtree's .png paths, walk order
 
 
 def parse_patch_name(name: str) -> PatchName | None:
@@ -121,8 +121,9 @@ class _Examined:
     """What a worker found in a group of jobs: per job, then deduplicated over the group."""
     litter: int = 0
     other: int = 0
-    listing: list = dataclasses.field(default_factory=list)  # "path\n" of each .png (or runs of them)
-    patches: list = dataclasses.field(default_factory=list)  # (rel_path, patient, x, y, label)
+    listing: list = dataclasses.field(default_factory=list)  # "path\n" of the .png of the job at hand
+    # (rel_path, patient, x, y, label) while examining; (patient, y, x, label, [paths]) after
+    patches: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)  # {"path", "reason"}
     digests: list = dataclasses.field(default_factory=list)  # (job index, sha256 of its listing)
     num_png: int = 0

@@ -182,15 +182,20 @@ def in_page_cache(path: str) -> bool:
         os.close(fd)
 
 
+def _advise(path: str, advice: int) -> None:
+    """posix_fadvise(advice) over the whole file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, advice)
+    finally:
+        os.close(fd)
+
+
 def drop_from_page_cache(paths) -> None:
     """posix_fadvise(DONTNEED) for each file: as if never read (a no-op on tmpfs). For measuring
     and testing conversions from input not in memory."""
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        _advise(path, os.POSIX_FADV_DONTNEED)
 
 
 class _ReadAhead:
@@ -218,13 +223,9 @@ class _ReadAhead:
             if self.stopped:
                 return
             try:
-                fd = os.open(self.paths[i], os.O_RDONLY)
+                _advise(self.paths[i], os.POSIX_FADV_WILLNEED)
             except OSError:
-                continue  # the decoder reports it
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            finally:
-                os.close(fd)
+                pass  # the decoder reports it
 
     def stop(self) -> None:
         self.stopped = True
