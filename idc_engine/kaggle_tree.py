@@ -220,11 +220,18 @@ def _record_patch_folder(rel_dir: str, names: list[str], found: _Examined) -> bo
 
 
 def _shared_map(executor, fn, items):
-    """fn over items, in order, run by the executor's workers AND this process: an item no worker
-    has taken yet when its turn comes is done here (so the scan starts before the workers do)."""
+    """fn over items, results in order, run by the executor's workers AND this process: the
+    workers take items from the front, this process from the back until it meets one a worker
+    has taken (so the scan starts before the workers do, and this process does not idle while
+    it waits for them)."""
     futures = [executor.submit(fn, item) for item in items]
-    for future, item in zip(futures, items):
-        yield fn(item) if future.cancel() else future.result()
+    done_here = {}
+    for i in reversed(range(len(items))):
+        if not futures[i].cancel():
+            break
+        done_here[i] = fn(items[i])
+    for i, future in enumerate(futures):
+        yield done_here[i] if i in done_here else future.result()
 
 
 def _patient_of_job(job: tuple[str, str]) -> str | None:

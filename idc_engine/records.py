@@ -86,11 +86,21 @@ def _bytes_entry(name: str, value: bytes) -> bytes:
     return _map_entry_header(name, b"\x0a", len(value)) + value
 
 
+@functools.lru_cache(maxsize=1 << 12)
+def _label_and_patient(label: int, patient_id: str) -> bytes:
+    return _int64_entry("label", label) + _bytes_entry("patient_id", patient_id.encode())
+
+
+@functools.lru_cache(maxsize=1 << 8)
+def _height_and_width(height: int, width: int) -> bytes:
+    return _int64_entry("height", height) + _int64_entry("width", width)
+
+
 def _example_tail(label: int, patient_id: str, x: int, y: int, height: int, width: int) -> bytes:
-    """The map entries after the image's, in FEATURES order, from small caches."""
-    return b"".join((_int64_entry("label", label), _bytes_entry("patient_id", patient_id.encode()),
-                     _int64_entry("x", x), _int64_entry("y", y),
-                     _int64_entry("height", height), _int64_entry("width", width)))
+    """The map entries after the image's, in FEATURES order, from small caches (the pairs that
+    repeat within a patient cached together: 4 lookups a record instead of 6)."""
+    return b"".join((_label_and_patient(label, patient_id), _int64_entry("x", x),
+                     _int64_entry("y", y), _height_and_width(height, width)))
 
 
 def _example_head(image_length: int, tail_length: int) -> bytes:

@@ -22,7 +22,9 @@ def test_the_file_holds_exactly_the_bytes_written(tmp_path, direct):
     assert path.read_bytes() == b"".join(pieces)
 
 
-@pytest.mark.parametrize("total", [0, direct_file.BLOCK, direct_file.CHUNK + 1])
+@pytest.mark.parametrize("total", [0, direct_file.BLOCK, direct_file.CHUNK + 1,
+                                   direct_file.CHUNK + direct_file.BLOCK,
+                                   2 * (direct_file.CHUNK + direct_file.BLOCK) + 1])
 def test_sizes_at_block_and_chunk_edges(tmp_path, total):
     data = os.urandom(total)
     path = tmp_path / "f"
