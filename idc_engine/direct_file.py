@@ -23,6 +23,29 @@ BLOCK = 4096          # a multiple of any disk's logical block size
 CHUNK = 1 << 20       # bytes gathered per write
 
 
+# Buffers of closed files, for the next file of this process: a converter worker writes shard
+# after shard, and fresh memory costs a page fault (and zeroing) per 4 KB page.
+_spare_buffers: list[mmap.mmap] = []
+
+
+def _take_buffer(size: int) -> mmap.mmap:
+    while _spare_buffers:
+        buffer = _spare_buffers.pop()
+        if len(buffer) == size:
+            buffer.seek(0)
+            return buffer
+        buffer.close()
+    # private: cheaper page faults than the default shared mapping, and no other process sees it
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def _give_back(buffer: mmap.mmap) -> None:
+    if len(_spare_buffers) < 2:
+        _spare_buffers.append(buffer)
+    else:
+        buffer.close()
+
+
 class DirectFile:
     """Appends bytes to a new file at `path` (created, or truncated); close() completes it.
 
@@ -51,7 +74,7 @@ class DirectFile:
         # page-aligned, as O_DIRECT needs: one being filled here (its position: the bytes
         # gathered), one being written. A block more than a chunk, so that a chunk always fits
         # after the partial block carried over.
-        self.buffers = [mmap.mmap(-1, chunk + BLOCK) for _ in range(2)]
+        self.buffers = [_take_buffer(chunk + BLOCK) for _ in range(2)]
         self.buffer = self.buffers[0]
         self.size = 0        # bytes handed to the file before those gathered
         self.pending = None  # the write in flight
@@ -131,7 +154,7 @@ class DirectFile:
             os.close(self.fd)
             self.fd = None
             for buffer in self.buffers:
-                buffer.close()
+                _give_back(buffer)
 
     def __enter__(self) -> "DirectFile":
         return self

@@ -440,3 +440,26 @@ def test_read_ahead_starts_for_files_not_in_memory_and_always_stops(idc_tree, mo
     for _ in zip(range(1), shard_writer._chunks_reading_ahead(order, prefix)):
         pass  # the consumer stops early (an error in write_shard): the thread stops too
     assert len(started) == 2 and not started[1].thread.is_alive()
+
+
+def test_read_ahead_keeps_a_window_ahead_of_the_decoder(monkeypatch):
+    advised = []
+    monkeypatch.setattr(shard_writer, "_advise", lambda path, advice: advised.append(path))
+    monkeypatch.setattr(shard_writer._ReadAhead, "WINDOW", 10)
+
+    def settles_at(n):  # the thread advises up to n files, then waits for the decoder
+        deadline = time.monotonic() + 10
+        while len(advised) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        return len(advised) == n
+
+    paths = [f"f{i}" for i in range(100)]
+    read_ahead = shard_writer._ReadAhead(paths, 1)
+    try:
+        assert settles_at(11)  # files 1..11: up to the decoder's position (1) + WINDOW
+        read_ahead.advance(64)
+        assert settles_at(74) and advised == paths[1:75]
+    finally:
+        read_ahead.stop()
+    assert not read_ahead.thread.is_alive() and len(advised) == 74
