@@ -331,3 +331,29 @@ def test_profile_steps_write_a_trace(converted, tmp_path):
 def test_freezing_a_model_without_backbone_is_refused(converted, tmp_path):
     with pytest.raises(ConfigError, match="--freeze_backbone_epochs needs a model with a backbone"):
         loop.train(_config(converted[0], tmp_path / "run", train_steps=2, freeze_backbone_epochs=1))
+
+
+def test_loss_scaling_skips_a_step_that_overflowed_in_any_replica():
+    """Replica 1's gradients are inf, replica 0's finite: every replica must skip the update
+    (weights unchanged, loss scale halved), not apply the all-reduced inf (Keras 3 alone does)."""
+    script = (
+        "import json, math, tensorflow as tf, keras\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "from idc_engine.training import loop\n"
+        "strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])\n"
+        "with strategy.scope():\n"
+        "    w = tf.Variable([1.0, 2.0])\n"
+        "    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))\n"
+        "    optimizer.build([w])\n"
+        "def replica_step():\n"
+        "    replica = tf.distribute.get_replica_context().replica_id_in_sync_group\n"
+        "    gradient = tf.where(replica == 1, math.inf, 1.0) * tf.ones(2)\n"
+        "    optimizer.apply(loop.finite_in_every_replica([gradient]), [w])\n"
+        "tf.function(lambda: strategy.run(replica_step))()\n"
+        "print(json.dumps([w.numpy().tolist(), float(optimizer.dynamic_scale.numpy())]))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights, scale = json.loads(result.stdout.strip().splitlines()[-1])
+    assert weights == [1.0, 2.0] and scale == 2.0 ** 14

@@ -198,8 +198,12 @@ def train(config: TrainConfig) -> dict:
 
     compiled_gradients = tf.function(replica_gradients, jit_compile=use_xla)
 
+    loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
     def replica_train_step(images, labels, step):
         gradients, loss, correct, count = compiled_gradients(images, labels, step)
+        if loss_scaling and replicas > 1:
+            gradients = finite_in_every_replica(gradients)
         optimizer.apply(gradients, model.trainable_variables)  # all-reduces, then updates
         return loss, correct, count
 
@@ -366,6 +370,23 @@ def train(config: TrainConfig) -> dict:
                                               backbone_input_size=config.backbone_input_size or None),
             os.path.join(config.model_dir, "export"), config.image_size, mean, std)
     return summary
+
+
+def finite_in_every_replica(gradients: list) -> list:
+    """One replica's gradients, made non-finite (NaN) unless every replica's are finite.
+
+    Keras 3's LossScaleOptimizer decides "finite: apply; else skip and halve the scale" from
+    the FIRST replica's gradients, before they are all-reduced. When only another replica
+    overflowed (common in the first mixed_float16 steps, at a 2^15 scale) the update applies
+    its inf and every weight turns NaN (seen as a flaky 2-replica test). After this, all
+    replicas skip together. Call in a replica context; None gradients stay None.
+    """
+    present = [g for g in gradients if g is not None]
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in present])
+    overflowed = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+    factor = tf.where(overflowed > 0, math.nan, 1.0)
+    return [None if g is None else g * tf.cast(factor, g.dtype) for g in gradients]
 
 
 def weights_checksum(model) -> float:
