@@ -150,6 +150,10 @@ def main(argv) -> None:
     # per-worker efficiency: what a worker loses to encoding and writing, whatever the load
     report.add("convert_1_worker_vs_decode", single_rate / decode_rate)
     report.add("convert_vs_ideal_workers_x_decode", convert_rate / (workers * decode_rate))
+    # the same ratio per repetition (a conversion and the decode run just before it, under the
+    # same load), median: insensitive to the load drifting between repetitions
+    paired = [c / (workers * d) for c, d in zip(rates["convert"], rates["decode"])]
+    report.add("convert_vs_ideal_median_of_paired_repeats", statistics.median(paired), all=paired)
     report.add("convert_vs_workers_x_plain_pil", convert_rate / (workers * pil_rate))
     # what the machine allows: N processes doing nothing but decoding
     report.add("parallel_decode_vs_ideal", parallel_rate / (workers * decode_rate))

@@ -27,6 +27,10 @@ def test_convert_benchmark_reports_every_rate_and_ratio(tmp_path):
         assert results[name] > 0, name
     assert results["convert_vs_ideal_workers_x_decode"] == (
         results["convert_patches_per_s"] / (workers * results["decode_single_process_patches_per_s"]))
+    # one repetition: its pair is the ratio of the (one-value) medians
+    paired = report["details"]["convert_vs_ideal_median_of_paired_repeats"]["all"]
+    assert paired == [results["convert_vs_ideal_median_of_paired_repeats"]] == [
+        results["convert_vs_ideal_workers_x_decode"]]
     assert results["convert_vs_parallel_decode"] == (
         results["convert_patches_per_s"] / results[f"decode_{workers}_processes_patches_per_s"])
     assert results["convert_cold_vs_warm_input"] == (
