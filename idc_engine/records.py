@@ -80,9 +80,9 @@ def _int64_entry(name: str, value: int) -> bytes:
     return _map_entry_header(name, b"\x1a", len(value_bytes)) + value_bytes
 
 
-@functools.lru_cache(maxsize=1 << 12)
 def _bytes_entry(name: str, value: bytes) -> bytes:
-    """A whole map entry of a short bytes feature with one value (the patient id)."""
+    """A whole map entry of a short bytes feature with one value (the patient id; cached with
+    the label by _label_and_patient)."""
     return _map_entry_header(name, b"\x0a", len(value)) + value
 
 
