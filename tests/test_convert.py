@@ -396,6 +396,17 @@ def test_channel_moments_are_exact_over_many_batches_and_padded_patches():
     np.testing.assert_array_equal(moments.sum_sq, (real * real).sum(0))
 
 
+
+def test_channel_moments_do_not_overflow_at_the_largest_batch():
+    """The worst case of flush()'s small-integer sums: a full batch of 256 white patches."""
+    moments = shard_writer._ChannelMoments(batch=256)
+    white = bytes([255]) * (50 * 50 * 3)
+    for _ in range(256):
+        moments.add(white, 50, 50)
+    assert moments.used == 0  # the batch filled and flushed
+    np.testing.assert_array_equal(moments.sum, [256 * 2500 * 255] * 3)
+    np.testing.assert_array_equal(moments.sum_sq, [256 * 2500 * 255 ** 2] * 3)
+
 def test_a_script_read_from_stdin_converts_in_process_with_a_warning(tmp_path):
     """Worker processes re-import __main__ by path: '<stdin>' has none, so no pool is started."""
     synthetic.write_dataset(str(tmp_path / "tree"), num_patients=3, seed=0, min_patches=20,
