@@ -30,7 +30,7 @@ class ShardTask:
     index: int
     path: str                       # where to write (a temporary name; the parent renames)
     input_dir: str
-    patches: list                   # [(patient, x, y, label, [relative paths...])]
+    patches: list                   # [(patient, y, x, label, [relative paths...])]
     image_encoding: str             # "raw" or "png"
     seed: int
     with_stats: bool                # accumulate per-channel pixel sums (the train split)
@@ -275,7 +275,7 @@ def write_shard(task: ShardTask) -> ShardResult:
     with DirectFile(task.path) as out:
         write = out.write
         for chunk in _chunks_reading_ahead(order, prefix):
-            for patient, x, y, label, paths in chunk:
+            for patient, y, x, label, paths in chunk:
                 decoded = None
                 for rel_path in paths:
                     try:

@@ -144,6 +144,12 @@ def test_scan_shared_with_worker_processes_lists_exactly_what_a_serial_scan_list
             serial, shared = kaggle_tree.scan_tree(tree), kaggle_tree.scan_tree(tree, pool)
             assert shared == serial
             assert serial.patches and serial.num_png_files >= len(serial.patches)
+            # the patients' counts, sorted as the rows are: the converter slices rows by them
+            expected = {}
+            for patient, _, _, label, _ in serial.rows:
+                n, positive = expected.get(patient, (0, 0))
+                expected[patient] = (n + 1, positive + label)
+            assert list(serial.patients.items()) == sorted(expected.items())
     finally:
         pool.shutdown()
 
