@@ -344,6 +344,13 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
         bar = _Progress(total, progress)
         results = run_tasks(tasks, pool, bar)
         bar.show(total, final=True)
+    except concurrent.futures.process.BrokenProcessPool as e:
+        raise ConversionError(
+            "a worker process died, so the conversion stopped (nothing complete was written). "
+            "Worker processes import the __main__ script: a script that calls convert_tree must "
+            "do so under `if __name__ == '__main__':`, else each worker starts a conversion of "
+            "its own (the error above says so); otherwise look for a worker killed by the "
+            "system, e.g. out of memory") from e
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
