@@ -445,7 +445,7 @@ def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path):
 def test_read_ahead_starts_for_files_not_in_memory_and_always_stops(idc_tree, monkeypatch):
     root, _ = idc_tree
     listing = kaggle_tree.scan_tree(root)
-    order = [(p.patient, p.x, p.y, p.label, p.paths) for p in listing.patches[:300]]
+    order = listing.rows[:300]  # a shard task's rows: (patient, y, x, label, paths)
     order.insert(5, ("9036", 1, 1, 0, ["missing/9036_idx5_x1_y1_class0.png"]))
     prefix = os.path.join(root, "")
     assert shard_writer.in_page_cache(prefix + order[0][4][0]) in (True, False)
