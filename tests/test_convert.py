@@ -379,33 +379,35 @@ def test_decode_patch_reads_a_jpeg_named_png_and_rejects_garbage(tmp_path):
             shard_writer.decode_patch(str(tmp_path / "missing.png"), keep_png)
 
 
-def test_channel_moments_are_exact_over_many_batches_and_padded_patches():
+def test_channel_moments_are_exact_over_many_chunks_and_padded_patches():
     rng = np.random.default_rng(1)
     moments = shard_writer._ChannelMoments()
     real = []
-    for i in range(600):  # several batches and a partial one; every 7th undersized
-        h, w = (50, 50) if i % 7 else (int(rng.integers(1, 50)), int(rng.integers(1, 51)))
-        image = np.full((50, 50, 3), shard_writer.PAD_VALUE, np.uint8)
-        image[:h, :w] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        moments.add(image.tobytes(), h, w)
-        real.append(image[:h, :w].reshape(-1, 3).astype(np.float64))
-    moments.flush()
+    for size in (64, 64, 1, 0, 37, 256):  # chunks as write_shard adds them; every 7th undersized
+        chunk = []
+        for i in range(size):
+            h, w = (50, 50) if i % 7 else (int(rng.integers(1, 50)), int(rng.integers(1, 51)))
+            image = np.full((50, 50, 3), shard_writer.PAD_VALUE, np.uint8)
+            image[:h, :w] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            chunk.append((image.tobytes(), h, w))
+            real.append(image[:h, :w].reshape(-1, 3).astype(np.float64))
+        moments.add(chunk)
     real = np.concatenate(real)
     assert moments.count == len(real)
     np.testing.assert_array_equal(moments.sum, real.sum(0))
     np.testing.assert_array_equal(moments.sum_sq, (real * real).sum(0))
 
 
-
-def test_channel_moments_do_not_overflow_at_the_largest_batch():
-    """The worst case of flush()'s small-integer sums: a full batch of 256 white patches."""
-    moments = shard_writer._ChannelMoments(batch=256)
+def test_channel_moments_do_not_overflow_at_the_largest_chunk():
+    """The worst case of add()'s small-integer sums: 256 white patches at once; more refused."""
+    moments = shard_writer._ChannelMoments()
     white = bytes([255]) * (50 * 50 * 3)
-    for _ in range(256):
-        moments.add(white, 50, 50)
-    assert moments.used == 0  # the batch filled and flushed
+    moments.add([(white, 50, 50)] * 256)
     np.testing.assert_array_equal(moments.sum, [256 * 2500 * 255] * 3)
     np.testing.assert_array_equal(moments.sum_sq, [256 * 2500 * 255 ** 2] * 3)
+    with pytest.raises(ValueError, match="at most 256"):
+        moments.add([(white, 50, 50)] * 257)
+
 
 def test_a_script_read_from_stdin_converts_in_process_with_a_warning(tmp_path):
     """Worker processes re-import __main__ by path: '<stdin>' has none, so no pool is started."""
