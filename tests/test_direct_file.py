@@ -20,6 +20,7 @@ def test_the_file_holds_exactly_the_bytes_written(tmp_path, direct):
             out.write(piece)
         assert direct or not out.direct
     assert path.read_bytes() == b"".join(pieces)
+    assert not out.writer.is_alive()  # close() stops the writer thread
 
 
 @pytest.mark.parametrize("total", [0, direct_file.BLOCK, direct_file.CHUNK + 1,
@@ -51,7 +52,7 @@ def test_a_failing_disk_raises_instead_of_losing_data(tmp_path):
                 out.write(b"y" * direct_file.BLOCK)
         finally:
             out.close()
-    assert out.fd is None  # closed all the same
+    assert out.fd is None and not out.writer.is_alive()  # closed all the same, thread stopped
 
 
 def test_chunk_must_be_whole_blocks(tmp_path):
