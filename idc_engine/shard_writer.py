@@ -20,8 +20,8 @@ from idc_engine.direct_file import DirectFile
 # Undersized edge patches are padded at the bottom/right with white: the glass background of an
 # H&E slide, i.e. "no tissue here". The record keeps the original height and width.
 PAD_VALUE = 255
-# Patches a worker handles as one chunk: decoded, recorded, added to the moments (at most
-# _ChannelMoments.MAX_PATCHES), counted in the progress bar, read ahead of
+# Patches a worker handles together: all decoded, then all recorded, then added to the moments
+# at once (so at most _ChannelMoments.MAX_PATCHES). Progress and the read-ahead check go by chunk.
 CHUNK_PATCHES = 64
 _progress_counter = None  # a multiprocessing.Value shared with the parent, set per worker
 
@@ -279,8 +279,8 @@ def write_shard(task: ShardTask) -> ShardResult:
 
     A chunk of patches at a time: all decoded, then all their records written, then their
     moments added. Grouping the small per-patch steps keeps their code and data in the core's
-    caches between one patch and the next, which decoding in between evicts (measured in the
-    decode loop: ~2-3 us a train patch less than decoding, recording and adding each in turn).
+    caches from one patch to the next, where a decode in between evicted them (measured with two
+    workers at once on train shards: 141 -> 134 us a patch, against 123 for decoding alone).
     """
     order = list(task.patches)
     random.Random(f"{task.seed}/{task.split}/{task.index}").shuffle(order)
