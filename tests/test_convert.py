@@ -427,7 +427,6 @@ def test_a_script_read_from_stdin_converts_in_process_with_a_warning(tmp_path):
     assert verify.verify_conversion(str(tmp_path / "out")) == []
 
 
-
 def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path):
     """Workers import __main__: an unguarded convert_tree call in a script starts a conversion in
     each worker, which multiprocessing refuses; the caller must learn why, not get a bare
@@ -443,6 +442,7 @@ def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path):
     assert result.returncode != 0
     assert "ConversionError" in result.stderr and "if __name__ == '__main__':" in result.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
+
 
 def test_read_ahead_starts_for_files_not_in_memory_and_always_stops(idc_tree, monkeypatch):
     root, _ = idc_tree
