@@ -33,11 +33,11 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from idc_engine import __version__, serving
+from idc_engine import __version__, export, serving
 from idc_engine.evaluation import slide_maps, thresholds
 
 FLAGS = flags.FLAGS
-THRESHOLD_FILE = "threshold.json"  # in model_dir/export; python -m idc_engine.predict reads it
+THRESHOLD_FILE = export.THRESHOLD_FILE  # in model_dir/export; python -m idc_engine.predict reads it
 
 
 class EvaluationError(ValueError):
@@ -424,8 +424,8 @@ def evaluate(config: EvaluateConfig) -> dict:
                         **{k: v for k, v in details.items() if k != "rule"},
                         "model_step": step, "data_dir": os.path.abspath(config.data_dir),
                         "created_at": datetime.datetime.now().isoformat(timespec="seconds")}
-    threshold_file = os.path.join(config.model_dir, "export", THRESHOLD_FILE)
-    _write_json(threshold_file, threshold_record)
+    threshold_file = export.write_threshold(os.path.join(config.model_dir, "export"),
+                                            _plain(threshold_record))
 
     # --- predictions on the evaluated split --------------------------------------------------------
     if rule_name != "fixed" and config.split == config.threshold_split:

@@ -4,6 +4,9 @@
     export/saved_model/                   signature serving_default:
                                           images uint8 [N, 50, 50, 3] -> idc_probability float32 [N]
     export/preprocessing.json             image_size, channel mean/std: what model.keras expects
+    export/threshold.json                 the decision threshold python -m idc_engine.predict
+                                          applies: chosen on the val split by training's best
+                                          validation, then by python -m idc_engine.evaluate
 
 The exported model is rebuilt in float32 whatever the training precision (variables are float32
 under mixed precision anyway), so it serves on any device.
@@ -17,6 +20,8 @@ import tensorflow as tf
 
 from idc_engine import records
 from idc_engine.model_input import model_input
+
+THRESHOLD_FILE = "threshold.json"
 
 
 class ServingModule(tf.Module):
@@ -35,10 +40,13 @@ class ServingModule(tf.Module):
         return {"idc_probability": self.model(x, training=False)[:, 1]}
 
 
-def export_model(model, rebuild, export_dir: str, image_size: int, mean, std) -> dict:
-    """Writes the three artefacts above (replacing older ones); returns their paths.
+def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
+                 threshold: dict | None = None) -> dict:
+    """Writes the artefacts above (replacing older ones); returns their paths.
 
     rebuild: a function returning a fresh model of the same architecture (built here in float32).
+    threshold: the threshold.json record for this model ({"threshold": float, ...}); without
+      one, an older threshold.json (chosen for other weights) is removed.
     """
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("float32")
@@ -58,4 +66,23 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std) ->
         json.dump({"image_size": image_size, "channel_mean": list(mean),
                    "channel_std": list(std), "input": "uint8 RGB patches, 50x50, resized to "
                    "image_size, then (x - mean) / std"}, f, indent=1)
-    return {"keras": keras_path, "saved_model": saved_model, "preprocessing": preprocessing}
+    paths = {"keras": keras_path, "saved_model": saved_model, "preprocessing": preprocessing}
+    threshold_path = os.path.join(export_dir, THRESHOLD_FILE)
+    if threshold is not None:
+        paths["threshold"] = write_threshold(export_dir, threshold)
+    elif os.path.exists(threshold_path):
+        os.remove(threshold_path)
+    return paths
+
+
+def write_threshold(export_dir: str, record: dict) -> str:
+    """Writes export_dir/threshold.json atomically (temporary name, fsync, rename); its path."""
+    path = os.path.join(export_dir, THRESHOLD_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path

@@ -51,14 +51,14 @@ from absl import app, flags
 from absl import logging as absl_logging
 from PIL import Image
 
-from idc_engine import kaggle_tree, records, serving, shard_writer
+from idc_engine import export, kaggle_tree, records, serving, shard_writer
 
 FLAGS = flags.FLAGS
 
 CSV_COLUMNS = ("path", "idc_probability", "predicted_label", "error", "height", "width",
                "patient_id", "x", "y", "label", "note")
 DEFAULT_THRESHOLD = 0.5
-THRESHOLD_FILE = "threshold.json"
+THRESHOLD_FILE = export.THRESHOLD_FILE
 TOO_LARGE = (f"larger than {records.PATCH_SIZE}x{records.PATCH_SIZE} "
              "(use the converter's patch size)")
 # Above this size a file cannot be a 50x50 patch in any sane encoding: its header is read first,

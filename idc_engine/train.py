@@ -39,9 +39,11 @@ _HELP = {
     "freeze_backbone_epochs": "Train only the head for this many epochs, then unfreeze the "
                               "backbone (with a pretrained --weights_path).",
     "fine_tune_lr_factor": "Learning-rate multiplier applied when the backbone is unfrozen.",
-    "bn_momentum": "BatchNorm moving-average momentum: 0.99 (Keras', the tutorial's) for long "
-                   "runs; 0.9 for runs of a few hundred steps, whose moving statistics would "
-                   "otherwise still carry their initial values at validation.",
+    "bn_momentum": "BatchNorm moving-average momentum between recomputations (Keras' 0.99).",
+    "bn_statistics_examples": "Before each validation, checkpoint and export, every BatchNorm's "
+                              "moving statistics are recomputed from this many training "
+                              "examples under the current weights (dropout off, as inference "
+                              "sees them); 0 keeps the moving averages alone.",
     "fused_batchnorm": "Train BatchNormalization through TensorFlow's fused kernel (same math, "
                        "about half of CancerNet's CPU step); --nofused_batchnorm for Keras' own.",
     "strategy": "auto: multi_worker with a multi-worker TF_CONFIG, mirrored with several GPUs "

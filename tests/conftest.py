@@ -3,7 +3,10 @@
 Session-scoped so the whole suite generates and converts once; tests that modify data copy it.
 """
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -34,19 +37,44 @@ def converted(idc_tree, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained_model_dir(converted, tmp_path_factory):
-    """A model_dir with export/ from a short in-process training run (~20 s on 2 cores), shared
-    by the tests that need a model better than chance but not a particular one."""
-    from idc_engine.training import loop
-    from idc_engine.training.config import TrainConfig
+def eval_data(idc_tree, tmp_path_factory):
+    """(data_dir, manifest): the shared tree with 9 train, 3 val and 4 test patients, spread
+    over the range of IDC extent, so patient-level results have something to aggregate."""
+    root, summary = idc_tree
+    ranked = sorted(summary["patients"], key=lambda p: (
+        summary["patients"][p]["num_positive"] / summary["patients"][p]["num_patches"], p))
+    split = {p: "train" for p in ranked}
+    split.update({p: "test" for p in ranked[1::4]})
+    split.update({p: "val" for p in ranked[3::4][:3]})
+    base = tmp_path_factory.mktemp("eval_data")
+    split_file = base / "split.json"
+    split_file.write_text(json.dumps(split))
+    out = str(base / "tfrecords")
+    manifest = convert.convert_tree(root, out, split_file=str(split_file), num_workers=2,
+                                    min_shards=2, progress=False)
+    return out, manifest
 
-    data_dir, _ = converted
-    model_dir = str(tmp_path_factory.mktemp("trained_model") / "run")
-    loop.train(TrainConfig(data_dir=data_dir, model_dir=model_dir, train_steps=100,
-                           global_batch_size=32, steps_per_loop=10, bn_momentum=0.9,
-                           learning_rate=2e-3, input_mode="cache", validation_every_steps=50,
-                           augment="d4", strategy="default"))
-    return model_dir
+
+# Every flag at its default but these: the run's length, and --deterministic so that the same
+# figures come out on every machine of this kind. Shared by the training, evaluation, prediction
+# and explanation tests; tests that write into a run work on a copy.
+TRAINED_FLAGS = ("--train_steps=60", "--global_batch_size=64", "--validation_every_steps=20",
+                 "--steps_per_loop=10", "--deterministic")
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(eval_data, tmp_path_factory):
+    """model_dir of one short default-flag CancerNet run on `eval_data`, exported, its summary in
+    model_dir/summary.json. A subprocess: --deterministic switches TensorFlow's op determinism on
+    for the whole process."""
+    data_dir, _ = eval_data
+    model_dir = tmp_path_factory.mktemp("trained_model") / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "idc_engine.train", f"--data_dir={data_dir}",
+         f"--model_dir={model_dir}", *TRAINED_FLAGS], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (model_dir / "summary.json").write_text(result.stdout[result.stdout.index("\n{") + 1:])
+    return str(model_dir)
 
 
 def read_records(path: str) -> list[dict]:

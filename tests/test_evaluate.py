@@ -2,8 +2,8 @@
 labels, bootstrap intervals, and python -m idc_engine.evaluate end to end on real TFRecords with
 a real (tiny) trained model. Slide maps: tests/test_slide_maps.py.
 
-One model is trained per session (`trained`), on a conversion of the shared synthetic tree whose
-val and test splits hold 3 and 4 patients, so patient-level results have something to aggregate.
+The model is the session's one default-flag run (conftest `trained_model_dir`, on `eval_data`:
+the shared synthetic tree with 3 val and 4 test patients), copied as `trained`.
 """
 
 import json
@@ -18,9 +18,9 @@ import pytest
 from conftest import read_records, shard_paths
 from sklearn import metrics as sk
 
-from idc_engine import convert, records
 from idc_engine import manifest as manifest_lib
 from idc_engine import metrics as metrics_lib
+from idc_engine import records
 from idc_engine.evaluate import EvaluateConfig, EvaluationError, evaluate
 from idc_engine.evaluation import patients, plots, thresholds
 from idc_engine.manifest import ManifestError
@@ -229,38 +229,11 @@ def test_bootstrap_over_one_patient_gives_no_interval():
 # --- a converted split with enough patients, and one trained model -------------------------------
 
 @pytest.fixture(scope="session")
-def eval_data(idc_tree, tmp_path_factory):
-    """(data_dir, manifest): the shared tree with 9 train, 3 val and 4 test patients, spread
-    over the range of IDC extent."""
-    root, summary = idc_tree
-    ranked = sorted(summary["patients"], key=lambda p: (
-        summary["patients"][p]["num_positive"] / summary["patients"][p]["num_patches"], p))
-    split = {p: "train" for p in ranked}
-    split.update({p: "test" for p in ranked[1::4]})
-    split.update({p: "val" for p in ranked[3::4][:3]})
-    base = tmp_path_factory.mktemp("evaluate_data")
-    split_file = base / "split.json"
-    split_file.write_text(json.dumps(split))
-    out = str(base / "tfrecords")
-    manifest = convert.convert_tree(root, out, split_file=str(split_file), num_workers=2,
-                                    min_shards=2, progress=False)
-    return out, manifest
-
-
-@pytest.fixture(scope="session")
-def trained(eval_data, tmp_path_factory):
-    """model_dir of one short CancerNet run, better than chance, exported."""
-    from idc_engine.training import loop
-    from idc_engine.training.config import TrainConfig
-
-    data_dir, _ = eval_data
-    model_dir = str(tmp_path_factory.mktemp("evaluate_run") / "run")
-    loop.train(TrainConfig(data_dir=data_dir, model_dir=model_dir, train_steps=150,
-                           steps_per_loop=10, global_batch_size=32, augment="d4",
-                           strategy="default", bn_momentum=0.9, input_mode="cache",
-                           learning_rate=2e-3, validation_every_steps=50,
-                           best_metric="val_auc"))
-    return model_dir
+def trained(trained_model_dir, tmp_path_factory):
+    """A copy of the shared default-flag run (conftest), which evaluation writes into."""
+    copy = tmp_path_factory.mktemp("evaluate_run") / "run"
+    shutil.copytree(trained_model_dir, copy)
+    return str(copy)
 
 
 def _copy_run(model_dir, tmp_path) -> str:

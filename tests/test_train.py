@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from idc_engine import pipeline, serving
 from idc_engine.training import loop
 from idc_engine.training.config import ConfigError, TrainConfig
 
@@ -188,16 +189,36 @@ def _config(data_dir, model_dir, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def test_a_short_run_beats_the_majority_class_on_validation(converted, tmp_path):
-    data_dir, manifest = converted
-    val = manifest["splits"]["val"]
-    majority = max(val["num_positive"], val["num_examples"] - val["num_positive"]) / val["num_examples"]
-    summary = loop.train(_config(data_dir, tmp_path / "run", train_steps=250, learning_rate=2e-3,
-                                 bn_momentum=0.9,
-                                 input_mode="cache", validation_every_steps=50,
-                                 best_metric="val_accuracy", export=False))
-    assert summary["best_value"] >= majority + 0.05, (summary["best_value"], majority)
-    assert summary["last_validation"]["val_auc"] > 0.75
+def _majority_rate(split: dict) -> float:
+    positive = split["num_positive"] / split["num_examples"]
+    return max(positive, 1.0 - positive)
+
+
+def test_default_flags_export_a_model_that_works_in_inference_mode(eval_data, trained_model_dir):
+    """The exported model normalizes with BatchNorm's moving statistics, training with the batch's:
+    on its own training patches, at the threshold it exports and at 0.5, it must beat always
+    answering the majority class (a model whose moving statistics disagree with its batches
+    answers nearly one constant), and validation must have seen the same."""
+    data_dir, manifest = eval_data
+    train = pipeline.load_split_arrays(data_dir, "train")
+    served = serving.ServedModel(os.path.join(trained_model_dir, "export", "saved_model"))
+    probability = np.concatenate([served(train.images[i:i + 256])
+                                  for i in range(0, len(train), 256)])
+    threshold = json.loads(open(os.path.join(trained_model_dir, "export",
+                                             "threshold.json")).read())
+    assert threshold["rule"] == "max_f1" and threshold["chosen_on"] == "val"
+    majority = _majority_rate(manifest["splits"]["train"])
+    for at in (threshold["threshold"], 0.5):
+        accuracy = float(np.mean((probability >= at) == (train.labels == 1)))
+        assert accuracy >= majority + 0.05, (at, accuracy, majority)
+
+    summary = json.loads(open(os.path.join(trained_model_dir, "summary.json")).read())
+    best = json.loads(open(os.path.join(trained_model_dir, "best.json")).read())
+    assert threshold["model_step"] == best["step"]
+    assert threshold["threshold"] == best["val_max_f1_threshold"]
+    val_majority = _majority_rate(manifest["splits"]["val"])
+    assert best["val_accuracy_at_max_f1"] >= val_majority + 0.05, (best, val_majority)
+    assert best["val_auc"] > 0.75 and summary["best_value"] == best["val_auc"]
 
 
 def test_config_tensorboard_and_export(converted, tmp_path):

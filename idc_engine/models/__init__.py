@@ -64,10 +64,8 @@ def set_batchnorm_momentum(model, momentum: float) -> int:
     """Sets the moving-average momentum of every BatchNormalization layer, nested ones included;
     returns how many layers it changed.
 
-    Keras' default 0.99 suits long runs (the tutorial's 40 epochs). In a run of a few hundred
-    steps the moving variance still holds 0.99**steps of its initial 1.0 (5% after 300 steps),
-    inference-mode outputs drift from training-mode ones and validation collapses to one class;
-    0.9 forgets the initial value within ~50 steps.
+    The trainer recomputes the moving statistics before they are used
+    (idc_engine/training/batchnorm.py), so the momentum only shapes them in between.
     """
     import keras
 

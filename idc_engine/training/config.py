@@ -39,6 +39,7 @@ class TrainConfig:
     freeze_backbone_epochs: int = 0
     fine_tune_lr_factor: float = 0.1
     bn_momentum: float = 0.99
+    bn_statistics_examples: int = 4096
     fused_batchnorm: bool = True
     # devices
     strategy: str = "auto"
@@ -99,6 +100,7 @@ class TrainConfig:
         need(16 <= self.image_size <= 50, "--image_size must be in 16..50 (patches are 50x50)")
         need(self.keep_checkpoints >= 1, "--keep_checkpoints must be >= 1")
         need(0.0 < self.bn_momentum < 1.0, "--bn_momentum must be in (0, 1)")
+        need(self.bn_statistics_examples >= 0, "--bn_statistics_examples must be >= 0")
         need(not self.weights_path or os.path.isfile(self.weights_path),
              f"--weights_path {self.weights_path!r} is not a file")
         parse_class_weights(self.class_weights)

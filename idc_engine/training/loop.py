@@ -22,8 +22,9 @@ from idc_engine import manifest as manifest_lib
 from idc_engine import metrics as metrics_lib
 from idc_engine import models, pipeline
 from idc_engine.augment import augment_on_device, parse_spec, write_augmentation_summary
+from idc_engine.evaluation import thresholds
 from idc_engine.model_input import model_input
-from idc_engine.training import devices, objectives, summaries
+from idc_engine.training import batchnorm, devices, objectives, summaries
 from idc_engine.training.config import ConfigError, TrainConfig, parse_profile_steps
 
 
@@ -221,6 +222,14 @@ def train(config: TrainConfig) -> dict:
         for variable, value in zip(moving_statistics, averaged):
             variable.assign(strategy.experimental_local_results(value)[0])
 
+    def run_on_next_batch(replica_fn, step, iterator):
+        """strategy.run of replica_fn(images uint8 [b, 50, 50, 3], labels int32 [b], step) on
+        the batch of `step`: drawn on the device by the sampler, or the iterator's next one."""
+        if sampler is not None:
+            return strategy.run(lambda s: replica_fn(*sampler(s), s), args=(step,))
+        images, labels = next(iterator)
+        return strategy.run(replica_fn, args=(images, labels, step))
+
     def make_train_loop():
         """A tf.function running `num_steps` steps per call; rebuilt when variables change."""
         @tf.function
@@ -228,18 +237,25 @@ def train(config: TrainConfig) -> dict:
             totals = [tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)]
             for _ in tf.range(num_steps):
                 step = step_var.read_value()
-                if sampler is not None:
-                    per_replica = strategy.run(lambda s: replica_train_step(*sampler(s), s),
-                                               args=(step,))
-                else:
-                    images, labels = next(iterator)
-                    per_replica = strategy.run(replica_train_step, args=(images, labels, step))
+                per_replica = run_on_next_batch(replica_train_step, step, iterator)
                 step_var.assign_add(1)
                 totals = [t + strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                           for t, v in zip(totals, per_replica)]
             average_moving_statistics()
             return totals
         return train_loop
+
+    def make_batchnorm_recomputer():
+        """Moving statistics from the next training batches (not augmented: what inference
+        sees); rebuilt with the train loop, since unfreezing changes which layers train."""
+        def run_replicas(replica_fn, k, iterator):
+            def on_batch(images, labels, step):
+                return replica_fn(model_input(images, config.image_size, mean, std,
+                                              compute_dtype))
+            return run_on_next_batch(on_batch, step_var.read_value() + tf.cast(k, tf.int64),
+                                     iterator)
+        num_batches = math.ceil(config.bn_statistics_examples / config.global_batch_size)
+        return batchnorm.BatchNormRecomputer(model, strategy, run_replicas, num_batches)
 
     # --- validation ------------------------------------------------------------------------------
     @tf.function
@@ -265,8 +281,7 @@ def train(config: TrainConfig) -> dict:
             p, y = validation_step(images, batch_labels)
             probabilities.append(p.numpy())
             labels.append(y.numpy())
-        return metrics_lib.classification_metrics(np.concatenate(labels),
-                                                  np.concatenate(probabilities))
+        return validation_metrics(np.concatenate(labels), np.concatenate(probabilities))
 
     # --- the loop --------------------------------------------------------------------------------
     iterator = None
@@ -279,7 +294,7 @@ def train(config: TrainConfig) -> dict:
                 input_context=ctx, cache=config.input_mode == "cache", seed=data_seed,
                 deterministic=config.deterministic, shuffle_buffer=config.shuffle_buffer)))
     frozen = start_step < freeze_until and models.set_backbone_trainable(model, False)
-    train_loop = make_train_loop()
+    train_loop, recompute_batchnorm = make_train_loop(), make_batchnorm_recomputer()
     profile = parse_profile_steps(config.profile_steps)
     boundaries = [validation_every, checkpoint_every, log_every]
     history, last_metrics, stopped_early, rates = [], {}, False, []
@@ -289,6 +304,7 @@ def train(config: TrainConfig) -> dict:
         if frozen and step >= freeze_until:
             models.set_backbone_trainable(model, True)  # the schedule applies the LR factor
             frozen, train_loop = False, make_train_loop()  # new variables: a new trace
+            recompute_batchnorm = make_batchnorm_recomputer()
             logging.info("step %d: backbone unfrozen, learning rate x %g", step,
                          config.fine_tune_lr_factor)
         stops = [total_steps, step + config.steps_per_loop]
@@ -326,7 +342,10 @@ def train(config: TrainConfig) -> dict:
                          total_steps, step / steps_per_epoch, train_loss, correct / max(count, 1),
                          learning_rate, f", {images_per_s:,.0f} img/s" if images_per_s else "")
 
-        if has_val and (step % validation_every == 0 or step == total_steps):
+        validating = has_val and (step % validation_every == 0 or step == total_steps)
+        if validating or step % checkpoint_every == 0 or step == total_steps:
+            recompute_batchnorm(iterator)
+        if validating:
             last_metrics = {f"val_{k}": v for k, v in validate().items()}
             writers.validation(step, last_metrics)
             history.append({"step": step, **last_metrics})
@@ -368,8 +387,48 @@ def train(config: TrainConfig) -> dict:
         summary["export"] = export.export_model(
             model, lambda: models.build_model(config.model, input_shape,
                                               backbone_input_size=config.backbone_input_size or None),
-            os.path.join(config.model_dir, "export"), config.image_size, mean, std)
+            os.path.join(config.model_dir, "export"), config.image_size, mean, std,
+            threshold=_best_threshold_record(config, best))
     return summary
+
+
+def _best_threshold_record(config: TrainConfig, best_checkpoint: str | None) -> dict | None:
+    """threshold.json's record for the exported best checkpoint: the max_f1 threshold its
+    validation chose on the val split (None without a validation that chose one)."""
+    best_file = os.path.join(config.model_dir, "best.json")
+    if not best_checkpoint or not os.path.isfile(best_file):
+        return None
+    with open(best_file) as f:
+        best = json.load(f)
+    if "val_max_f1_threshold" not in best:
+        return None
+    return {"threshold": best["val_max_f1_threshold"], "rule": THRESHOLD_RULE, "chosen_on": "val",
+            "chosen_by": "idc_engine.train, at the best validation", "model_step": best["step"],
+            "idc_f1": best["val_idc_f1_at_max_f1"], "accuracy": best["val_accuracy_at_max_f1"],
+            "balanced_accuracy": best["val_balanced_accuracy_at_max_f1"],
+            "data_dir": os.path.abspath(config.data_dir)}
+
+
+# the rule python -m idc_engine.evaluate applies by default (--threshold), on the val split
+THRESHOLD_RULE = "max_f1"
+
+
+def validation_metrics(labels, idc_probability) -> dict:
+    """classification_metrics at 0.5, plus the threshold evaluate's default rule chooses on
+    these patches ("max_f1_threshold") and accuracy, balanced accuracy and IDC F1 there.
+
+    labels int [N] in {0, 1}; idc_probability float [N].
+    """
+    metrics = metrics_lib.classification_metrics(labels, idc_probability)
+    try:
+        threshold, _ = thresholds.choose_threshold(labels, idc_probability, THRESHOLD_RULE)
+    except ValueError:  # one class only: no threshold to choose
+        return metrics
+    at = metrics_lib.classification_metrics(labels, idc_probability, threshold)
+    metrics.update(max_f1_threshold=threshold, accuracy_at_max_f1=at["accuracy"],
+                   balanced_accuracy_at_max_f1=at["balanced_accuracy"],
+                   idc_f1_at_max_f1=at["idc_f1"])
+    return metrics
 
 
 def finite_in_every_replica(gradients: list) -> list:

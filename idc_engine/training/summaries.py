@@ -82,7 +82,7 @@ def confusion_matrix_image(matrix) -> np.ndarray:
 
 def format_metrics(metrics: dict) -> str:
     keys = ("loss", "accuracy", "auc", "idc_precision", "idc_recall", "idc_f1",
-            "balanced_accuracy")
+            "balanced_accuracy", "max_f1_threshold", "accuracy_at_max_f1")
     return ", ".join(f"{k} {metrics['val_' + k]:.4f}" for k in keys if "val_" + k in metrics)
 
 
@@ -107,6 +107,10 @@ def format_run(summary: dict, strategy: str) -> str:
             f"  non-IDC  precision {last['val_non_idc_precision']:.4f}  recall (specificity) "
             f"{last['val_non_idc_recall']:.4f}  F1 {last['val_non_idc_f1']:.4f}",
             f"  confusion [[TN, FP], [FN, TP]]: {last['val_confusion_matrix']}"]
+        if "val_max_f1_threshold" in last:
+            lines.append(f"  at threshold {last['val_max_f1_threshold']:.4g} (max IDC F1, what "
+                         f"evaluate chooses): accuracy {last['val_accuracy_at_max_f1']:.4f}  "
+                         f"balanced accuracy {last['val_balanced_accuracy_at_max_f1']:.4f}")
     if summary.get("export"):
         lines.append(f"exported: {summary['export']['saved_model']} (uint8 patches -> IDC "
                      f"probability) and {summary['export']['keras']}")
