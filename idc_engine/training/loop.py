@@ -169,7 +169,7 @@ def train(config: TrainConfig) -> dict:
     class_weight_tensor = tf.constant(class_weights, tf.float32)
 
     def replica_gradients(images, labels, step):
-        """The compute of one replica's step, jit-compiled with --xla.
+        """The compute of one replica's step (jit-compiled with --xla, see below).
 
         images uint8 [b, 50, 50, 3], labels int32 [b], step int64 -> (gradients, loss share,
         correct, count); the scalars are float32, to be summed over replicas. The gradient
@@ -197,7 +197,12 @@ def train(config: TrainConfig) -> dict:
             tf.equal(tf.argmax(probabilities, -1, output_type=tf.int32), labels), tf.float32))
         return gradients, loss, correct, tf.cast(tf.size(labels), tf.float32)
 
-    compiled_gradients = tf.function(replica_gradients, jit_compile=use_xla)
+    # With --xla on one device the whole step is compiled, optimizer update included. Under a
+    # strategy the update all-reduces through a cross-replica merge_call, which cannot live
+    # inside a compiled function: there only the gradients' compute is compiled.
+    whole_step_xla = use_xla and replicas == 1
+    compiled_gradients = tf.function(replica_gradients,
+                                     jit_compile=use_xla and not whole_step_xla)
 
     loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -207,6 +212,9 @@ def train(config: TrainConfig) -> dict:
             gradients = finite_in_every_replica(gradients)
         optimizer.apply(gradients, model.trainable_variables)  # all-reduces, then updates
         return loss, correct, count
+
+    if whole_step_xla:
+        replica_train_step = tf.function(replica_train_step, jit_compile=True)
 
     # Keras 3 creates BatchNorm moving statistics with aggregation "none": every replica updates
     # its own copy from its own batches, so replicas and workers drift apart and a checkpoint
