@@ -345,7 +345,7 @@ def _move_shards_to_the_top_level(output_dir) -> None:
 
 
 def test_a_conversion_with_its_shards_at_the_top_level_reads_and_is_replaced(converted,
-                                                                            tmp_path):
+                                                                            tiny_tree, tmp_path):
     out, manifest = converted
     old = tmp_path / "old"
     shutil.copytree(out, old)
@@ -357,9 +357,8 @@ def test_a_conversion_with_its_shards_at_the_top_level_reads_and_is_replaced(con
     top_level = sorted(f for f in os.listdir(old) if f.endswith(".tfrecord"))
     assert len(top_level) == sum(len(info["files"]) for info in manifest["splits"].values())
 
-    tree = str(tmp_path / "tree")
-    synthetic.write_dataset(tree, num_patients=3, seed=0, min_patches=20, max_patches=30)
-    new = convert.convert_tree(tree, str(old), num_workers=1, overwrite=True, progress=False)
+    new = convert.convert_tree(tiny_tree, str(old), num_workers=1, overwrite=True,
+                               progress=False)
     assert sorted(os.listdir(old)) == sorted([MANIFEST_NAME, _shard_dir(new), "notes.txt"])
     assert verify.verify_conversion(str(old)) == []
 
