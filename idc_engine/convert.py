@@ -5,9 +5,11 @@
 
 Phases: scan the tree (names only, fast) -> assign patients to splits -> pack each split's
 patients into shards -> decode and write the shards in parallel worker processes (staging
-folder) -> move them into place -> write `manifest.json` last. A run stopped at any point leaves
-no manifest, so nothing that looks complete. Record schema: idc_engine/records.py; manifest
-layout: idc_engine/manifest.py.
+folder) -> commit: the staging folder becomes `shards-<id>/`, then `manifest.json` is replaced
+atomically, then the previous conversion's files are removed (commit_conversion). At every
+instant the output directory holds one complete conversion, the previous one or the new one; a
+first run stopped at any point leaves no manifest, so nothing that looks complete. Record schema:
+idc_engine/records.py; manifest layout: idc_engine/manifest.py.
 """
 
 import collections
@@ -16,6 +18,8 @@ import datetime
 import math
 import multiprocessing
 import os
+import re
+import secrets
 import shutil
 import sys
 import time
@@ -26,7 +30,13 @@ import idc_engine
 from idc_engine import kaggle_tree, records, shard_writer, splits
 from idc_engine import manifest as manifest_lib
 
+# A conversion writes its shards under STAGING_PREFIX + id, renamed SHARD_DIR_PREFIX + id when
+# all are written; id: 8 hex digits, new for each conversion (new_conversion_id).
 STAGING_PREFIX = ".convert-staging-"
+SHARD_DIR_PREFIX = "shards-"
+_SHARD_DIR = re.compile(re.escape(SHARD_DIR_PREFIX) + "[0-9a-f]{8}")
+# shards directly in the output directory: what converters before shard folders wrote
+_TOP_LEVEL_SHARD = re.compile(r"(train|val|test)-\d{5}-of-\d{5}\.tfrecord")
 # What the workers' forkserver imports once. Besides the worker modules, the dependencies of
 # this CLI module: multiprocessing makes every worker run the parent's __main__ again, and with
 # absl already loaded that takes ~20 ms instead of ~40. (Not this module itself: runpy warns
@@ -62,7 +72,8 @@ def define_flags() -> None:
     flags.DEFINE_enum("image_encoding", "raw", IMAGE_ENCODINGS, "raw: uint8 HWC bytes (fastest "
                       "to read); png: the PNG bytes (about 2.5x smaller files, slower to read).")
     flags.DEFINE_integer("num_workers", 0, "Worker processes; 0 = one per available core.")
-    flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --output_dir.")
+    flags.DEFINE_bool("overwrite", False, "Replace the conversion in a non-empty --output_dir "
+                      "(files the converter does not write are kept).")
     flags.DEFINE_bool("verify", False, "Only re-read every shard of --output_dir and check it "
                       "against manifest.json.")
     flags.DEFINE_bool("progress", True, "Show a progress line with patches/s on stderr.")
@@ -214,33 +225,81 @@ def run_tasks(tasks, pool, progress: _Progress) -> list[shard_writer.ShardResult
 
 # --- output --------------------------------------------------------------------------------
 
+def is_converter_entry(name: str) -> bool:
+    """Whether a top-level entry of an output directory has a name the converter writes."""
+    return (name in (manifest_lib.MANIFEST_NAME, manifest_lib.MANIFEST_TEMPORARY_NAME)
+            or name.startswith(STAGING_PREFIX) or bool(_SHARD_DIR.fullmatch(name))
+            or bool(_TOP_LEVEL_SHARD.fullmatch(name)))
+
+
+def leftovers(output_dir: str, manifest: dict) -> list[str]:
+    """Sorted top-level entries of `output_dir` that the converter writes but `manifest` does not
+    use: staging and shard folders or shards of earlier and interrupted conversions, a temporary
+    manifest. Other files (the user's) are never among them."""
+    used = {manifest_lib.MANIFEST_NAME}
+    used |= {path.split("/")[0] for info in manifest.get("splits", {}).values()
+             for path in info.get("files", [])}
+    return sorted(e for e in os.listdir(output_dir) if is_converter_entry(e) and e not in used)
+
+
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ConversionError(f"--output_dir {output_dir!r} exists and is not a directory")
     entries = os.listdir(output_dir) if os.path.isdir(output_dir) else []
     if entries and not overwrite:
-        what = ("an interrupted conversion" if all(e.startswith(STAGING_PREFIX) for e in entries)
-                else "a previous conversion" if manifest_lib.MANIFEST_NAME in entries
+        what = ("a previous conversion" if manifest_lib.MANIFEST_NAME in entries
+                else "an interrupted conversion" if all(map(is_converter_entry, entries))
                 else f"{len(entries)} entries")
         raise ConversionError(f"--output_dir {output_dir!r} is not empty (it holds {what}); "
                               "pass --overwrite to replace it, or choose another directory")
     os.makedirs(output_dir, exist_ok=True)
 
 
-def replace_previous_output(output_dir: str) -> None:
-    """Removes a previous conversion's manifest (first) and its shards, and stale staging."""
-    try:
-        previous = manifest_lib.load_manifest(output_dir)
-    except manifest_lib.ManifestError:
-        previous = {}
-    manifest_file = manifest_lib.manifest_path(output_dir)
-    if os.path.exists(manifest_file):
-        os.remove(manifest_file)  # from here on the directory no longer looks complete
-    for info in previous.get("splits", {}).values():
-        for name in info.get("files", []):
-            path = os.path.join(output_dir, name)
-            if os.path.isfile(path):
-                os.remove(path)
+def new_conversion_id(output_dir: str) -> str:
+    """8 hex digits naming this conversion's folders, used by no entry of `output_dir`."""
+    while True:
+        conversion_id = secrets.token_hex(4)
+        if not any(os.path.lexists(os.path.join(output_dir, prefix + conversion_id))
+                   for prefix in (STAGING_PREFIX, SHARD_DIR_PREFIX)):
+            return conversion_id
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+def remove_staging_folders(output_dir: str) -> None:
+    """Removes the staging folders of interrupted runs (never part of a complete conversion)."""
+    for entry in os.listdir(output_dir):
+        if entry.startswith(STAGING_PREFIX):
+            _remove(os.path.join(output_dir, entry))
+
+
+def remove_leftovers(output_dir: str, manifest: dict) -> None:
+    """Removes what leftovers() lists: files of conversions that `manifest` does not list."""
+    for name in leftovers(output_dir, manifest):
+        _remove(os.path.join(output_dir, name))
+
+
+def commit_conversion(output_dir: str, staging: str, shard_dir: str, manifest: dict) -> None:
+    """Puts a conversion whose shards are all written in `staging` in place of the previous one.
+
+    At every instant `output_dir` holds one complete conversion: the previous one until
+    manifest.json is replaced, this one from then on. The shards move in under `shard_dir`, a
+    name the previous conversion does not use, so nothing its manifest lists is touched; the
+    manifest is replaced in one rename once the new shards are durably in place; the previous
+    conversion's files (and any interrupted run's) are removed only after the new manifest is
+    on the disk. A crash anywhere leaves at most leftovers, which readers never see (they follow
+    the manifest) and the next conversion removes.
+    """
+    fsync_path(staging)  # the shards' names in it
+    os.rename(staging, os.path.join(output_dir, shard_dir))
+    fsync_path(output_dir)  # the folder's name is on the disk before the manifest listing it
+    manifest_lib.write_manifest(output_dir, manifest)
+    remove_leftovers(output_dir, manifest)
 
 
 def channel_stats(results) -> tuple[list[float], list[float]]:
@@ -255,20 +314,23 @@ def channel_stats(results) -> tuple[list[float], list[float]]:
     return [round(m, 4) for m in mean], [round(s, 4) for s in std]
 
 
-def build_manifest(listing, patient_split, settings, results, input_dir, image_encoding) -> dict:
+def build_manifest(listing, patient_split, settings, results, input_dir, image_encoding,
+                   shard_dir: str) -> dict:
+    """The manifest of a conversion whose shards go to `output_dir/shard_dir`."""
     split_entries = {}
     for split in manifest_lib.SPLITS:
         shards = sorted((r for r in results if r.split == split), key=lambda r: r.index)
         if not shards:
             continue
+        files = [f"{shard_dir}/{os.path.basename(r.path)}" for r in shards]  # "/" on every OS
         split_entries[split] = {
-            "files": [os.path.basename(r.path) for r in shards],
+            "files": files,
             "num_examples": sum(r.num_examples for r in shards),
             "num_positive": sum(r.num_positive for r in shards),
             "patients": sorted({p for r in shards for p in r.patients}),
-            "shards": [{"file": os.path.basename(r.path), "num_examples": r.num_examples,
+            "shards": [{"file": file, "num_examples": r.num_examples,
                         "num_positive": r.num_positive, "num_bytes": r.num_bytes,
-                        "patients": r.patients} for r in shards],
+                        "patients": r.patients} for file, r in zip(files, shards)],
         }
     skipped = listing.skipped + [s for r in results for s in r.skipped]
     padded = sorted((p for r in results for p in r.padded), key=lambda p: p["path"])
@@ -333,10 +395,9 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
             raise ConversionError("no patient of the data is in the chosen split lists "
                                   f"({settings['mode']}); check --split / --split_file")
 
-        for entry in os.listdir(output_dir):  # a previous interrupted run's leftovers
-            if entry.startswith(STAGING_PREFIX):
-                shutil.rmtree(os.path.join(output_dir, entry))
-        staging = os.path.join(output_dir, f"{STAGING_PREFIX}{os.getpid()}")
+        remove_staging_folders(output_dir)
+        conversion_id = new_conversion_id(output_dir)
+        staging = os.path.join(output_dir, STAGING_PREFIX + conversion_id)
         os.makedirs(staging)
         tasks = plan_shards(listing, patient_split.assignment, staging, input_dir, num_shards,
                             shard_size_mb, min_shards, image_encoding, seed)
@@ -355,20 +416,14 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
+    shard_dir = SHARD_DIR_PREFIX + conversion_id
     manifest = build_manifest(listing, patient_split, settings, results, input_dir,
-                              image_encoding)
-    replace_previous_output(output_dir)
-    for result in results:
-        os.replace(result.path, os.path.join(output_dir, os.path.basename(result.path)))
-    os.rmdir(staging)
-    fsync_path(output_dir)  # the shards' new names are on the disk before the manifest is
-    manifest_lib.write_manifest(output_dir, manifest)
-    fsync_path(output_dir)
+                              image_encoding, shard_dir)
+    commit_conversion(output_dir, staging, shard_dir, manifest)
     seconds = time.perf_counter() - start
     manifest["conversion"] = {"seconds": seconds, "num_workers": workers,
                               "patches_per_s": total / seconds}
     return manifest
-
 
 
 # --- reporting -----------------------------------------------------------------------------
@@ -424,6 +479,11 @@ def main(argv) -> int:
                 print(f"  {problem}", file=sys.stderr)
             return 1
         print(f"{f.output_dir}: every shard matches manifest.json")
+        extra = leftovers(f.output_dir, manifest_lib.load_manifest(f.output_dir))
+        if extra:
+            print(f"note: {len(extra)} entries of earlier or interrupted conversions, not part of "
+                  f"this one (manifest.json does not list them; the next conversion with "
+                  f"--overwrite removes them): {', '.join(extra)}")
         return 0
     if not f.input_dir:
         raise app.UsageError("--input_dir is required (or --verify)")

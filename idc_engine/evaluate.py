@@ -6,10 +6,10 @@
 What it does, in order:
   1. loads the served model, `model_dir/export/saved_model` (uint8 patches -> IDC probability:
      exactly what users deploy);
-  2. chooses the decision threshold on --threshold_split (val) by --threshold (max_f1, youden,
-     recall:R, specificity:S or a number) and writes it to `model_dir/export/threshold.json`,
-     which python -m idc_engine.predict applies; the evaluated split's labels are never read
-     before the threshold is fixed;
+  2. chooses the decision threshold on --threshold_split (val; test is refused) by --threshold
+     (max_f1, youden, recall:R, specificity:S or a number) and writes it to
+     `model_dir/export/threshold.json`, which python -m idc_engine.predict applies; the
+     evaluated split's labels are never read before the threshold is fixed;
   3. on --split (test): patch-level metrics named by class, scikit-learn's classification report,
      calibration; per-patient IDC extent and accuracy; 95% confidence intervals by bootstrap over
      patients (idc_engine/evaluation/patients.py);
@@ -71,6 +71,10 @@ class EvaluateConfig:
             if not condition:
                 raise EvaluationError(message)
 
+        need(self.threshold_split != "test",
+             "--threshold_split=test is refused: the test split must stay unseen until it is "
+             "scored, and a threshold chosen on its labels makes every test figure optimistic; "
+             "choose it on val (the default)")
         need(self.model_dir, "--model_dir is required: a directory written by "
              "python -m idc_engine.train")
         need(os.path.isdir(self.model_dir), f"--model_dir {self.model_dir!r} does not exist")
@@ -86,9 +90,6 @@ class EvaluateConfig:
             raise EvaluationError(f"--threshold: {e}") from e
         need(name == "fixed" or self.threshold_split,
              "--threshold_split is required unless --threshold is a number")
-        need(name == "fixed" or self.threshold_split != self.split or self.split != "test",
-             "--threshold_split=test with --split=test would tune the threshold on the test "
-             "labels it is then scored on; choose it on val (the default)")
         need(self.bootstrap >= 0, "--bootstrap must be >= 0 (0: no confidence intervals)")
         need(self.batch_size >= 1, "--batch_size must be >= 1")
         try:
@@ -108,7 +109,9 @@ _HELP = {
                  "--split. max_f1: best IDC F1; youden: best sensitivity + specificity - 1; "
                  "recall:0.90: the highest threshold with IDC sensitivity >= 0.90; "
                  "specificity:0.95: the lowest with IDC specificity >= 0.95.",
-    "threshold_split": "The split the threshold is chosen on; never the test split.",
+    "threshold_split": "The split the threshold is chosen on: val, or train; test is refused "
+                       "(a threshold chosen on the test labels makes every test figure "
+                       "optimistic).",
     "bootstrap": "Bootstrap replicates over patients for the 95% confidence intervals "
                  "(0: none).",
     "seed": "Seed of the bootstrap: the same seed gives the same intervals.",

@@ -7,7 +7,8 @@ Layout (schema_version 1; paths are relative to the output directory):
       "image_shape": [50, 50, 3],
       "image_encoding": "raw" | "png",
       "splits": {
-        "train": {"files": [...], "num_examples": int, "num_positive": int, "patients": [...],
+        "train": {"files": ["shards-<id>/train-00000-of-00008.tfrecord", ...],
+                  "num_examples": int, "num_positive": int, "patients": [...],
                   "shards": [{"file", "num_examples", "num_positive", "num_bytes", "patients"}]},
         "val": {...}, "test": {...}            # a split with no patients is left out
       },
@@ -23,7 +24,10 @@ Layout (schema_version 1; paths are relative to the output directory):
     }
 
 A directory is a finished conversion exactly when `manifest.json` is there: the converter
-writes it last, atomically.
+writes it last, atomically. The conversion is what it lists; other entries (a previous
+conversion's `shards-<id>/` folder left by a crash) are not part of it. Shard paths use "/" on
+every OS; a manifest listing shards directly in the directory ("train-00000-of-00008.tfrecord")
+reads the same way.
 """
 
 import json
@@ -31,6 +35,7 @@ import os
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MANIFEST_TEMPORARY_NAME = MANIFEST_NAME + ".tmp"  # write_manifest's, renamed to MANIFEST_NAME
 SPLITS = ("train", "val", "test")
 
 
@@ -84,12 +89,17 @@ def split_files(data_dir: str, split: str, manifest: dict | None = None) -> list
 
 
 def write_manifest(data_dir: str, manifest: dict) -> None:
-    """Writes the manifest atomically (temporary name, fsync, rename)."""
-    path = manifest_path(data_dir)
-    tmp = path + ".tmp"
+    """Writes the manifest atomically and durably: a temporary name, fsync, rename over
+    manifest.json, fsync of the directory. Readers see the old file or the new one, never part."""
+    tmp = os.path.join(data_dir, MANIFEST_TEMPORARY_NAME)
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.replace(tmp, manifest_path(data_dir))
+    directory = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself on the disk
+    finally:
+        os.close(directory)

@@ -14,8 +14,9 @@ import pytest
 from conftest import read_records, shard_paths
 from PIL import Image
 
-from idc_engine import convert, kaggle_tree, shard_writer, splits, synthetic, verify
-from idc_engine.manifest import MANIFEST_NAME, load_manifest
+from idc_engine import convert, kaggle_tree, pipeline, shard_writer, splits, synthetic, verify
+from idc_engine import manifest as manifest_lib
+from idc_engine.manifest import MANIFEST_NAME, MANIFEST_TEMPORARY_NAME, load_manifest
 
 
 def _all_records(output_dir, manifest):
@@ -39,6 +40,24 @@ def _top_level_patches(root):
 def _cli(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "idc_engine.convert", *args],
                           capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def _shard_dir(manifest) -> str:
+    """The one folder that holds a conversion's shards ("" for shards at the top level)."""
+    folders = {os.path.dirname(f) for info in manifest["splits"].values() for f in info["files"]}
+    assert len(folders) == 1, folders
+    return folders.pop()
+
+
+def _by_file_name(split_entries) -> dict:
+    """A manifest's "splits" with each shard named by its file name alone, without the folder
+    that differs between conversions."""
+    entries = json.loads(json.dumps(split_entries))
+    for info in entries.values():
+        info["files"] = [os.path.basename(f) for f in info["files"]]
+        for shard in info["shards"]:
+            shard["file"] = os.path.basename(shard["file"])
+    return entries
 
 
 # --- counting and quirks -------------------------------------------------------------------
@@ -185,11 +204,12 @@ def test_output_is_deterministic_and_independent_of_worker_count(idc_tree, conve
         os.path.join(folder, name) for folder, _, files in os.walk(root) for name in files)
     again = convert.convert_tree(root, str(tmp_path / "again"), num_workers=1, min_shards=3,
                                  progress=False)
-    for path in shard_paths(out, manifest):
-        twin = os.path.join(tmp_path / "again", os.path.basename(path))
+    for path, twin in zip(shard_paths(out, manifest), shard_paths(tmp_path / "again", again),
+                          strict=True):
+        assert os.path.basename(path) == os.path.basename(twin)
         with open(path, "rb") as a, open(twin, "rb") as b:
             assert a.read() == b.read(), os.path.basename(path)
-    assert again["splits"] == manifest["splits"]
+    assert _by_file_name(again["splits"]) == _by_file_name(manifest["splits"])
 
 
 # --- split modes ---------------------------------------------------------------------------
@@ -233,7 +253,7 @@ def test_patient_split_is_disjoint_and_seeded(idc_tree, tmp_path, seed):
     sets = {s: set(i["patients"]) for s, i in manifests[0]["splits"].items()}
     assert not (sets["train"] & sets["val"] or sets["train"] & sets["test"]
                 or sets["val"] & sets["test"])
-    assert manifests[0]["splits"] == manifests[1]["splits"]
+    assert _by_file_name(manifests[0]["splits"]) == _by_file_name(manifests[1]["splits"])
 
 
 # --- safety: interruption, overwrite, verify, bad input ------------------------------------
@@ -301,19 +321,208 @@ def test_refuses_a_non_empty_output_dir_without_overwrite(idc_tree, tmp_path):
 def test_overwrite_removes_the_previous_shards(idc_tree, tmp_path):
     root, _ = idc_tree
     out = str(tmp_path / "out")
-    convert.convert_tree(root, out, num_shards=3, num_workers=1, progress=False)
-    convert.convert_tree(root, out, num_shards=1, num_workers=1, overwrite=True, progress=False)
-    assert sorted(f for f in os.listdir(out) if f.endswith(".tfrecord")) == [
-        "test-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord",
-        "val-00000-of-00001.tfrecord"]
+    before = convert.convert_tree(root, out, num_shards=3, num_workers=1, progress=False)
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    after = convert.convert_tree(root, out, num_shards=1, num_workers=1, overwrite=True,
+                                 progress=False)
+    assert _shard_dir(after) != _shard_dir(before)
+    assert sorted(os.listdir(out)) == sorted([MANIFEST_NAME, _shard_dir(after), "notes.txt"])
+    assert sorted(os.listdir(os.path.join(out, _shard_dir(after)))) == sorted(
+        os.path.basename(f) for info in after["splits"].values() for f in info["files"])
+    assert [len(info["files"]) for info in after["splits"].values()] == [1, 1, 1]
+
+
+def _move_shards_to_the_top_level(output_dir) -> None:
+    """Rewrites a conversion in the layout of converters before shard folders: the shards
+    directly in `output_dir`, listed by file name alone."""
+    manifest = load_manifest(output_dir)
+    folder = os.path.join(output_dir, _shard_dir(manifest))
+    for name in os.listdir(folder):
+        os.rename(os.path.join(folder, name), os.path.join(output_dir, name))
+    os.rmdir(folder)
+    manifest["splits"] = _by_file_name(manifest["splits"])
+    manifest_lib.write_manifest(output_dir, manifest)
+
+
+def test_a_conversion_with_its_shards_at_the_top_level_reads_and_is_replaced(converted,
+                                                                            tiny_tree, tmp_path):
+    out, manifest = converted
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    _move_shards_to_the_top_level(str(old))
+    (old / "notes.txt").write_text("mine")
+    assert verify.verify_conversion(str(old)) == []
+    for split, info in manifest["splits"].items():
+        assert pipeline.split_source(str(old), split).num_examples == info["num_examples"]
+    top_level = sorted(f for f in os.listdir(old) if f.endswith(".tfrecord"))
+    assert len(top_level) == sum(len(info["files"]) for info in manifest["splits"].values())
+
+    new = convert.convert_tree(tiny_tree, str(old), num_workers=1, overwrite=True,
+                               progress=False)
+    assert sorted(os.listdir(old)) == sorted([MANIFEST_NAME, _shard_dir(new), "notes.txt"])
+    assert verify.verify_conversion(str(old)) == []
+
+
+def test_an_output_dir_holding_only_an_interrupted_commit_is_named_so(idc_tree, tmp_path):
+    """A crash after the shard folder got its name, before manifest.json was written."""
+    out = tmp_path / "out"
+    (out / f"{convert.SHARD_DIR_PREFIX}0123abcd").mkdir(parents=True)
+    (out / f"{convert.SHARD_DIR_PREFIX}0123abcd" / "train-00000-of-00001.tfrecord").write_bytes(b"")
+    (out / MANIFEST_TEMPORARY_NAME).write_text("{")
+    with pytest.raises(convert.ConversionError, match="interrupted conversion.*--overwrite"):
+        convert.convert_tree(idc_tree[0], str(out), progress=False)
+
+
+# A process that imports the converter once, then for each request line (JSON: N, a file for
+# the manifest bytes about to be renamed over manifest.json, a file for stderr, the converter's
+# flags) forks a child that runs the converter's command line and ends (os._exit, as a crash or
+# kill -9 would) just before the N-th file operation of commit_conversion: a rename, removal,
+# fsync or open for writing, each counted once (shutil.rmtree once, and once per file and
+# folder it removes). Answers each request with the child's exit code: 75 if it crashed.
+CRASH_HOOK = """
+import builtins, json, os, shutil, sys
+
+from idc_engine import convert
+
+CRASHED = 75
+
+
+def run_converter(crash_at, manifest_copy, argv):
+    count, committing = 0, False
+    real_open, real_replace, real_commit = builtins.open, os.replace, convert.commit_conversion
+
+    def counted(operation):
+        def run(*args, **kwargs):
+            nonlocal count
+            if committing:
+                count += 1
+                if count == crash_at:
+                    os._exit(CRASHED)
+            return operation(*args, **kwargs)
+        return run
+
+    def replace_keeping_the_manifest(source, target, **kwargs):
+        if os.path.basename(target) == "manifest.json":
+            with real_open(source, "rb") as f, real_open(manifest_copy, "wb") as copy:
+                copy.write(f.read())
+        real_replace(source, target, **kwargs)
+
+    def commit(*args):
+        nonlocal committing
+        committing = True
+        real_commit(*args)
+        committing = False
+
+    def open_(file, mode="r", *args, **kwargs):
+        writes = set(mode) & set("wax+")
+        return (counted(real_open) if writes else real_open)(file, mode, *args, **kwargs)
+
+    for name in ("rename", "remove", "unlink", "rmdir", "fsync"):
+        setattr(os, name, counted(getattr(os, name)))
+    os.replace = counted(replace_keeping_the_manifest)
+    shutil.rmtree = counted(shutil.rmtree)
+    builtins.open = open_
+    convert.commit_conversion = commit
+    sys.argv = ["idc_engine.convert", *argv]
+    try:
+        convert.run()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    for line in sys.stdin:
+        crash_at, manifest_copy, stderr, *argv = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT), 2)
+            os._exit(run_converter(crash_at, manifest_copy, argv))
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_tree(tmp_path_factory):
+    """A six-patient tree of ~180 patches: a conversion takes ~0.1 s."""
+    root = str(tmp_path_factory.mktemp("tiny") / "IDC")
+    synthetic.write_dataset(root, num_patients=6, seed=3, min_patches=20, max_patches=40)
+    return root
+
+
+@pytest.mark.parametrize("old_layout", ["shard folder", "shards at the top level"])
+def test_a_crash_at_any_step_of_an_overwrite_leaves_one_complete_conversion(tiny_tree, tmp_path,
+                                                                           old_layout):
+    """For N = 1, 2, ...: the previous conversion, `--overwrite` by a process that dies before
+    the N-th file operation of the commit, until one run gets through. After each crash the
+    directory verifies, the training reader opens every split, and manifest.json is the previous
+    one byte for byte, or the very bytes the dying run wrote (a conversion with the new options);
+    then a conversion with --overwrite leaves exactly its own files."""
+    old = str(tmp_path / "old")
+    convert.convert_tree(tiny_tree, old, seed=1, num_shards=1, num_workers=1, progress=False)
+    if old_layout == "shards at the top level":
+        _move_shards_to_the_top_level(old)
+    old_bytes = (tmp_path / "old" / MANIFEST_NAME).read_bytes()
+    new_options = dict(seed=2, num_shards=2)
+    expected_new = convert.convert_tree(tiny_tree, str(tmp_path / "reference"), num_workers=1,
+                                        progress=False, **new_options)
+    hook = tmp_path / "crash_hook.py"
+    hook.write_text(CRASH_HOOK)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(convert.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    outcomes = []
+    with subprocess.Popen([sys.executable, str(hook)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True, env=env) as crashing:
+        for n in range(1, 100):
+            out, copy, stderr = (tmp_path / f"crash{n}", tmp_path / f"written{n}.json",
+                                 tmp_path / f"stderr{n}")
+            shutil.copytree(old, out)
+            crashing.stdin.write(json.dumps([
+                n, str(copy), str(stderr), f"--input_dir={tiny_tree}", f"--output_dir={out}",
+                "--overwrite", "--num_workers=1", "--noprogress",
+                *(f"--{k}={v}" for k, v in new_options.items())]) + "\n")
+            crashing.stdin.flush()
+            returncode = int(crashing.stdout.readline())
+            assert returncode in (0, 75), stderr.read_text()
+            assert verify.verify_conversion(str(out)) == [], f"crash before operation {n}"
+            manifest = load_manifest(str(out))
+            for split, info in manifest["splits"].items():
+                assert pipeline.split_source(str(out), split).num_examples == info["num_examples"]
+            written = (out / MANIFEST_NAME).read_bytes()
+            if written == old_bytes:
+                outcomes.append("old")
+            else:
+                assert written == copy.read_bytes(), f"crash before operation {n}"
+                assert _by_file_name(manifest["splits"]) == _by_file_name(expected_new["splits"])
+                outcomes.append("new")
+            if returncode == 0:
+                assert sorted(os.listdir(out)) == [MANIFEST_NAME, _shard_dir(manifest)]
+                break
+            redone = convert.convert_tree(tiny_tree, str(out), num_workers=1, overwrite=True,
+                                          progress=False)
+            assert sorted(os.listdir(out)) == [MANIFEST_NAME, _shard_dir(redone)]
+    assert returncode == 0, "no run got through the commit"
+    first_new = outcomes.index("new")  # the rename of manifest.json: old before, new after
+    assert first_new >= 3 and set(outcomes[:first_new]) == {"old"}
+    assert set(outcomes[first_new:]) == {"new"} and len(outcomes) - first_new >= 3
 
 
 def test_verify_passes_on_a_good_conversion_and_names_a_truncated_shard(converted, tmp_path):
+    """Entries of other conversions (a crash's leftovers) are not part of it: listed, not fatal."""
     out, manifest = converted
-    good = _cli("--verify", f"--output_dir={out}")
-    assert good.returncode == 0, good.stderr
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
+    shutil.copytree(copy / _shard_dir(manifest), copy / f"{convert.SHARD_DIR_PREFIX}0123abcd")
+    (copy / "train-00000-of-00001.tfrecord").write_bytes(b"not a shard")
+    (copy / "notes.txt").write_text("mine")
+    good = _cli("--verify", f"--output_dir={copy}")
+    assert good.returncode == 0, good.stderr
+    assert (f"note: 2 entries of earlier or interrupted conversions, not part of this one "
+            f"(manifest.json does not list them; the next conversion with --overwrite removes "
+            f"them): {convert.SHARD_DIR_PREFIX}0123abcd, train-00000-of-00001.tfrecord"
+            ) in good.stdout
     victim = copy / manifest["splits"]["train"]["files"][1]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) - 5000])

@@ -383,7 +383,7 @@ def test_other_threshold_rules_are_applied_unchanged_to_the_test_split(trained, 
     ({"split": "tset"}, ManifestError, "split 'tset' is not in"),
     ({"threshold_split": "holdout"}, ManifestError, "split 'holdout' is not in"),
     ({"threshold": "best"}, EvaluationError, "--threshold"),
-    ({"threshold_split": "test"}, EvaluationError, "tune the threshold on the test labels"),
+    ({"threshold_split": "test"}, EvaluationError, "--threshold_split=test is refused"),
     ({"slides": "99999,88888"}, EvaluationError, "patients 99999, 88888 are not in this split"),
     ({"bootstrap": -1}, EvaluationError, "--bootstrap"),
 ])
@@ -394,6 +394,17 @@ def test_bad_inputs_fail_with_a_clear_message(trained, eval_data, tmp_path, over
                                "bootstrap": 0, "output_dir": str(tmp_path / "out"), **overrides})
     with pytest.raises(error, match=message):
         evaluate(config)
+
+
+@pytest.mark.parametrize("split", ["test", "val", "train"])
+@pytest.mark.parametrize("threshold", ["max_f1", "0.5"])
+def test_the_threshold_is_never_chosen_on_the_test_split(tmp_path, split, threshold):
+    """Whatever split is evaluated and whether or not a rule is tuned, before any path is read."""
+    config = EvaluateConfig(model_dir=str(tmp_path / "nowhere"), data_dir=str(tmp_path),
+                            split=split, threshold=threshold, threshold_split="test")
+    with pytest.raises(EvaluationError, match="--threshold_split=test is refused: the test "
+                                              "split must stay unseen.*choose it on val"):
+        config.validate()
 
 
 def test_a_run_without_export_is_named(tmp_path, eval_data):
@@ -434,6 +445,14 @@ def test_cli_errors_exit_2_with_the_path(tmp_path, eval_data):
     assert f"{tmp_path}/export/saved_model" in result.stderr and "Traceback" not in result.stderr
     result = _evaluate_cli(f"--model_dir={tmp_path / 'nowhere'}", f"--data_dir={eval_data[0]}")
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_cli_refuses_a_threshold_chosen_on_the_test_split(tmp_path):
+    result = _evaluate_cli(f"--model_dir={tmp_path}", f"--data_dir={tmp_path}", "--split=val",
+                           "--threshold_split=test", timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--threshold_split=test is refused: the test split must stay unseen" in result.stderr
+    assert not os.listdir(tmp_path)  # no threshold.json, nothing written
 
 
 def test_help_documents_every_flag():

@@ -9,8 +9,10 @@
 #      metrics with bootstrap confidence intervals, plots and slide maps.
 # Idempotent: every run regenerates the same tree (fixed seed) and starts training afresh.
 set -euo pipefail
-# TensorFlow's C++ start-up lines ("I0000 ... oneDNN", "cuInit" on a machine without a GPU)
-quiet() { grep -v -E "^(WARNING: All log messages|[IWE]0000 |To enable the following instructions)" || true; }
+# Drops TensorFlow's C++ start-up lines ("I0000 ... oneDNN", "cuInit" on a machine without a
+# GPU). Line by line (--line-buffered): writing into a pipe, grep would otherwise keep its output
+# in blocks of a few KB, and a step's progress lines would all appear when it ends.
+quiet() { grep --line-buffered -v -E "^(WARNING: All log messages|[IWE]0000 |To enable the following instructions)" || true; }
 RUN_DIR=${RUN_DIR:-runs/demo}
 TREE="$RUN_DIR/idc_synthetic"
 DATA="$RUN_DIR/tfrecords"
@@ -28,8 +30,10 @@ python -m idc_engine.convert --verify --output_dir="$DATA" 2>&1 | quiet
 
 echo "== 4/5 train CancerNet (flags/cpu_quick.flags) into $MODEL"
 rm -rf "$MODEL"
+# the progress lines as they are logged (absl, on stderr); then the run's summary, without the
+# JSON copy of it printed last for programs (sed -u: unbuffered too, for `make demo | tee log`)
 python -m idc_engine.train --flagfile=flags/cpu_quick.flags --data_dir="$DATA" \
-  --model_dir="$MODEL" --logtostderr 2>&1 | quiet | sed '/^{/,$d'
+  --model_dir="$MODEL" --logtostderr 2>&1 | quiet | sed -u '/^{/,$d'
 
 echo "== 5/5 evaluate on the test split"
 python -m idc_engine.evaluate --model_dir="$MODEL" --data_dir="$DATA" 2>&1 | quiet
