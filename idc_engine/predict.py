@@ -10,8 +10,8 @@ an undersized edge patch gets white at the bottom/right), so a patch gets the sa
 from its PNG as from the converted TFRecords.
 
 The label is `idc_probability >= threshold`, the threshold read from `<export>/threshold.json`
-(chosen on the validation split by python -m idc_engine.evaluate); without that file 0.5 is used
-and the summary says so. `--threshold` overrides both.
+(chosen on the validation split by training, then by python -m idc_engine.evaluate); without
+that file 0.5 is used and the summary says so. `--threshold` overrides both.
 
 Bad inputs never stop the run: a file that is empty, not an image, truncated, larger than 50x50
 or unreadable gets a row with the reason in `error` and no probability. Folders are walked
@@ -114,8 +114,8 @@ class Threshold:
 
     def describe(self) -> str:
         if self.source == "default":
-            return (f"{self.value:g} (default: no {THRESHOLD_FILE} in the export; "
-                    "python -m idc_engine.evaluate chooses one on the validation split)")
+            return (f"{self.value:g} (default: no {THRESHOLD_FILE} in the export; training "
+                    "and python -m idc_engine.evaluate choose one on the validation split)")
         return f"{self.value:g} (from {self.source})"
 
 

@@ -93,9 +93,11 @@ def test_cli_gives_every_good_and_bad_file_a_row_and_goes_on(idc_tree, trained_m
         assert row["note"] == note and (row["height"], row["width"]) == ("50", "50")
     predicted = [r for r in rows if not r["error"]]
     assert len(predicted) > 30
+    threshold_file = os.path.join(trained_model_dir, "export", "threshold.json")
+    threshold = json.loads(open(threshold_file).read())["threshold"]  # training's choice
     for row in predicted:
         p = float(row["idc_probability"])
-        assert 0.0 <= p <= 1.0 and row["predicted_label"] == str(int(p >= 0.5))
+        assert 0.0 <= p <= 1.0 and row["predicted_label"] == str(int(p >= threshold))
     for u in summary["undersized"]:
         row = by_path[os.path.join(root, u["path"])]
         assert (row["height"], row["width"]) == (str(u["height"]), str(u["width"]))
@@ -109,7 +111,7 @@ def test_cli_gives_every_good_and_bad_file_a_row_and_goes_on(idc_tree, trained_m
     errors = sum(1 for r in rows if r["error"])
     assert f"Predicted {len(predicted):,} of {len(rows):,} files" in result.stdout
     assert f"errors: {errors:,}" in result.stdout and "images/s" in result.stdout
-    assert "threshold 0.5 (default: no threshold.json" in result.stdout
+    assert f"threshold {threshold:g} (from {threshold_file})" in result.stdout
     listing = predict.list_inputs([str(p) for p in inputs])
     assert listing.ignored_litter >= 2 and listing.ignored_other >= 1  # bad_dir's at least
     assert (f"ignored: {listing.ignored_litter:,} litter files (.DS_Store, Thumbs.db, ._*), "
@@ -207,6 +209,10 @@ def test_threshold_json_is_respected(idc_tree, trained_model_dir, tmp_path):
     (export / "threshold.json").write_text(json.dumps({"thresh": 0.3}))
     with pytest.raises(ValueError, match="no usable \"threshold\""):
         predict.load_threshold(predict.find_export(str(export)))
+    os.remove(export / "threshold.json")
+    threshold = predict.load_threshold(predict.find_export(str(export)))
+    assert (threshold.value, threshold.source) == (0.5, "default")
+    assert "default: no threshold.json" in threshold.describe()
 
 
 def test_model_may_be_the_model_dir_the_export_or_the_saved_model(trained_model_dir, tmp_path):
