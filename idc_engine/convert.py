@@ -28,9 +28,9 @@ from idc_engine import manifest as manifest_lib
 
 STAGING_PREFIX = ".convert-staging-"
 # What the workers' forkserver imports once. Besides the worker modules, the dependencies of
-# this CLI module: multiprocessing makes every worker run the parent's __main__ again, and with
-# absl already loaded that takes ~20 ms instead of ~40. (Not this module itself: runpy warns
-# when the module it is about to run as __main__ is already imported.)
+# this CLI module: multiprocessing makes every worker run the parent's __main__ again, which is
+# quicker with absl already loaded. (Not this module itself: runpy warns when the module it is
+# about to run as __main__ is already imported.)
 WORKER_PRELOAD = ["idc_engine.shard_writer", "idc_engine.kaggle_tree", "idc_engine.splits",
                   "idc_engine.manifest", "absl.app", "absl.flags"]
 IMAGE_ENCODINGS = ("raw", "png")
