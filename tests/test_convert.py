@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from cli_flags import check_every_flag_is_documented
 from conftest import read_records, shard_paths
 from PIL import Image
 
@@ -351,38 +352,11 @@ def test_bad_input_gives_a_clear_error(idc_tree, tmp_path, make_input, options, 
     assert not (tmp_path / "out" / MANIFEST_NAME).exists()
 
 
-def _converter_flags() -> dict:
-    """{name: (help, is_bool)} of every flag convert.define_flags() defines, read from absl's
-    FLAGS in a fresh interpreter (this one may hold other modules' flags of the same names)."""
-    code = ("import json; from absl import flags; from idc_engine import convert; "
-            "before = set(flags.FLAGS); convert.define_flags(); "
-            "print(json.dumps({n: (flags.FLAGS[n].help, flags.FLAGS[n].boolean) "
-            "for n in sorted(set(flags.FLAGS) - before)}))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def test_cli_help_documents_every_flag():
-    defined = _converter_flags()
-    assert {"input_dir", "output_dir", "split", "overwrite", "verify"} <= set(defined)
     result = _cli("--helpfull")  # absl exits 1 after printing help
     assert "Converts the Kaggle IDC download" in result.stdout
-    # --helpfull lists each flag as "  --name: help" (booleans "--[no]name"), its help wrapped
-    # over the indented lines below; compared without whitespace, as wrapping moves it
-    entries = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("  -"):
-            name = line.split(":", 1)[0].strip().split(",")[-1].removeprefix("--")
-            entries[name] = line.split(":", 1)[1]
-        elif line.startswith("    ") and entries:
-            entries[name] += line
-    squeeze = lambda text: "".join(text.split())
-    for flag, (help_text, is_bool) in defined.items():
-        shown = f"[no]{flag}" if is_bool else flag
-        assert shown in entries, f"--{flag} is not in --helpfull"
-        assert "no help available" not in help_text, f"--{flag} has no help"  # absl's filler
-        assert len(help_text.split()) >= 3 and squeeze(help_text) in squeeze(entries[shown]), flag
+    checked = check_every_flag_is_documented("idc_engine.convert", result.stdout)
+    assert {"input_dir", "output_dir", "split", "overwrite", "verify"} <= set(checked)
 
 
 def test_decode_patch_reads_a_jpeg_named_png_and_rejects_garbage(tmp_path):

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from cli_flags import check_every_flag_is_documented
 from conftest import read_records, shard_paths
 from sklearn import metrics as sk
 
@@ -561,5 +562,5 @@ def test_cli_errors_exit_2_with_the_path(tmp_path, eval_data):
 def test_help_documents_every_flag():
     import dataclasses
     result = _evaluate_cli("--helpfull", timeout=120)
-    for field in dataclasses.fields(EvaluateConfig):
-        assert f"--{field.name}:" in result.stdout, field.name
+    checked = check_every_flag_is_documented("idc_engine.evaluate", result.stdout)
+    assert set(checked) == {field.name for field in dataclasses.fields(EvaluateConfig)}
