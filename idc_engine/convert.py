@@ -38,9 +38,9 @@ _SHARD_DIR = re.compile(re.escape(SHARD_DIR_PREFIX) + "[0-9a-f]{8}")
 # shards directly in the output directory: what converters before shard folders wrote
 _TOP_LEVEL_SHARD = re.compile(r"(train|val|test)-\d{5}-of-\d{5}\.tfrecord")
 # What the workers' forkserver imports once. Besides the worker modules, the dependencies of
-# this CLI module: multiprocessing makes every worker run the parent's __main__ again, and with
-# absl already loaded that takes ~20 ms instead of ~40. (Not this module itself: runpy warns
-# when the module it is about to run as __main__ is already imported.)
+# this CLI module: multiprocessing makes every worker run the parent's __main__ again, which is
+# quicker with absl already loaded. (Not this module itself: runpy warns when the module it is
+# about to run as __main__ is already imported.)
 WORKER_PRELOAD = ["idc_engine.shard_writer", "idc_engine.kaggle_tree", "idc_engine.splits",
                   "idc_engine.manifest", "absl.app", "absl.flags"]
 IMAGE_ENCODINGS = ("raw", "png")

@@ -2,10 +2,9 @@
 
 A shard is written once and not read back by the converter. Through the page cache each byte
 costs CPU twice, the copy into newly allocated cache pages in write() and the kernel's writeback
-at fsync: about 8 us of a worker's ~130 us per patch on the 2-core machine, CPU that PNG
-decoding gets back when the disk reads straight from this process's buffer instead (measured
-side by side: +3% converter throughput). The cost: a step run right after the conversion reads
-the shards from the disk rather than from memory.
+at fsync, on the cores that decode the PNGs; with O_DIRECT the disk reads straight from this
+process's buffer and that CPU goes to decoding. The cost: a step run right after the conversion
+reads the shards from the disk rather than from memory.
 
 O_DIRECT needs block-aligned memory, offsets and lengths, so bytes are gathered in page-aligned
 buffers (anonymous mmaps) and written in whole blocks; close() pads the last block for its write
@@ -56,9 +55,9 @@ class DirectFile:
     through the page cache.
 
     The thread is handed each chunk with two bare locks rather than a ThreadPoolExecutor: each
-    time it wakes it needs the GIL, taken from a caller busy decoding, and the executor's futures,
-    queue and condition variables made more such hand-offs and more Python run under the GIL
-    (measured, the converter's worker beside decoding alone: 1-2 us a patch less).
+    time it wakes it needs the GIL, taken from a caller busy decoding, and an executor's futures,
+    queue and condition variables would add more such hand-offs and more Python run under the
+    GIL.
     """
 
     def __init__(self, path: str, chunk: int = CHUNK, direct: bool = True):
@@ -95,8 +94,8 @@ class DirectFile:
     def write(self, data) -> None:
         """Appends `data` (bytes-like)."""
         try:
-            # mmap.write copies and advances in C: a record's three pieces cost ~0.6 us here
-            # instead of ~1.8 through Python slicing and bookkeeping (277k records a conversion)
+            # mmap.write copies and advances in C, with no Python slicing or bookkeeping per
+            # piece (three pieces a record, 277k records a conversion)
             self.buffer.write(data)
         except ValueError:  # past the buffer's end: nothing was copied
             if self.fd is None:

@@ -57,7 +57,7 @@ class TreeListing:
     @functools.cached_property
     def patches(self) -> list[Patch]:
         """The rows as Patch objects, built on first use (the converter plans from the rows and
-        the patients' counts: an object per patch was a third of its serial planning)."""
+        the patients' counts, without an object per patch)."""
         return [Patch(patient, x, y, label, paths) for patient, y, x, label, paths in self.rows]
 
 
@@ -112,9 +112,9 @@ def _folder_problem(rel_path: str, parsed: PatchName) -> str | None:
 @contextlib.contextmanager
 def without_cyclic_gc():
     """The scan (and the converter's planning) allocate a few containers per file and free none,
-    so the cyclic collector would traverse the growing heap again and again for nothing (a third
-    of the scan time when the caller already holds a large listing: measured). Nothing here
-    creates cycles; the collector's state is restored on exit."""
+    so the cyclic collector would traverse the growing heap again and again for nothing (the
+    more so when the caller already holds a large listing). Nothing here creates cycles; the
+    collector's state is restored on exit."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -70,8 +70,8 @@ def _open_png(f) -> Image.Image:
     """Image.open for a file expected to be a PNG, without Image.open's generic path.
 
     The PNG plugin's class is asked directly (Image.open tries each registered format's
-    signature check and wraps more layers: ~8 us of the ~110 us a 50x50 patch takes); anything
-    that is not a PNG still goes through Image.open, so a JPEG named .png decodes as before.
+    signature check and wraps more layers, for every patch); anything that is not a PNG still
+    goes through Image.open, so a JPEG named .png decodes as Image.open decodes it.
     """
     try:
         return PngImagePlugin.PngImageFile(f)
@@ -120,10 +120,10 @@ class _ChannelMoments:
     """Exact per-channel sum and sum of squares of uint8 pixels, accumulated a chunk at a time.
 
     A chunk's full-size patches are joined into one (n, 7500) array and reduced over the patch
-    axis (contiguous, vectorized: ~3 us a patch instead of ~40 for a per-patch reduction); padded
-    patches, rare, are added one by one over their unpadded pixels only. The squares are summed
-    by einsum, which squares in its small cast buffers: a (n, 7500) uint16 array of squares
-    evicted the PNG decoder's working set from the core's cache.
+    axis in one contiguous, vectorized pass rather than patch by patch; padded patches, rare, are
+    added one by one over their unpadded pixels only. The squares are summed by einsum, which
+    squares in its small cast buffers: a whole (n, 7500) uint16 array of squares would evict the
+    PNG decoder's working set from the core's cache.
     """
 
     MAX_PATCHES = 256  # the uint16 / uint32 per-position sums of add() are exact up to here
@@ -200,10 +200,12 @@ class _ReadAhead:
     """Asks the kernel to start reading the next files of a shard while this process decodes.
 
     Files not in memory (a first conversion after a reboot, a network disk) each cost a
-    blocking read of ~0.1 ms, which doubled the conversion (measured: 5.8 s instead of 2.9 s
-    for 31k patches). A thread opens the next WINDOW files and posix_fadvise(WILLNEED)s them:
-    the kernel reads them asynchronously, many at once. write_shard starts it only when it finds
-    files missing from memory, since each open costs ~3 us that a warm run would waste.
+    blocking read, which a process decoding them one by one would wait for at every patch. A
+    thread opens the next WINDOW files and posix_fadvise(WILLNEED)s them: the kernel reads them
+    asynchronously, many at once. write_shard starts it only when it finds files missing from
+    memory, since the extra opens are wasted work in a warm run. benchmarks/convert.py times a
+    conversion from input dropped from the page cache beside a warm one
+    (convert_cold_vs_warm_input).
     """
 
     WINDOW = 256
@@ -212,7 +214,7 @@ class _ReadAhead:
         self.paths, self.position, self.stopped = paths, start, False
         # The thread sleeps until the decoder moves on (once a chunk of patches), not in a
         # polling loop: each wake-up of a polling thread takes the GIL from the decoder (a
-        # 1 ms poll was 1,000 GIL hand-offs a second in each worker).
+        # 1 ms poll would be 1,000 GIL hand-offs a second in each worker).
         self.moved = threading.Condition()
         self.thread = threading.Thread(target=self._run, args=(start,), daemon=True,
                                        name="read-ahead")
@@ -279,8 +281,8 @@ def write_shard(task: ShardTask) -> ShardResult:
 
     A chunk of patches at a time: all decoded, then all their records written, then their
     moments added. Grouping the small per-patch steps keeps their code and data in the core's
-    caches from one patch to the next, where a decode in between evicted them (measured with two
-    workers at once on train shards: 141 -> 134 us a patch, against 123 for decoding alone).
+    caches from one patch to the next, which a decode between them would evict.
+    benchmarks/convert.py reports what a worker adds to decoding (convert_1_worker_vs_decode).
     """
     order = list(task.patches)
     random.Random(f"{task.seed}/{task.split}/{task.index}").shuffle(order)

@@ -1,4 +1,4 @@
-"""On-device augmentation: shapes, dtypes, ranges, true permutations, randomness, XLA."""
+"""On-device augmentation: shapes, dtypes, what each op preserves, true permutations, randomness, XLA."""
 
 import glob
 
@@ -30,10 +30,98 @@ ALL_SPECS = sorted(augment.OPS) + ["pathology", "tutorial",
                                    "affine(rotation=20, zoom=0.05, shift=0.1, shear=0.05)"]
 
 
+def _check_permuted(x, y, transforms):
+    """Each output image is exactly one of the given transforms of its input image."""
+    for a, b in zip(x, y):
+        assert any(np.array_equal(t(a), b) for t in transforms)
+
+
+def _check_resampled(x, y):
+    """A warp interpolates between pixels of the same image and channel (bilinear, nearest-edge
+    fill), so each output channel stays within the range of that channel of its input."""
+    low, high = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
+    assert np.all(y >= low) and np.all(y <= high)
+
+
+def _unclipped(y):
+    """Pixels no channel of which was clipped to 0 or 255 (a rounded value in 1..254 was not)."""
+    return np.all((y >= 1) & (y <= 254), axis=-1)
+
+
+def _check_brightness(x, y):
+    """One offset per image: out - in is the same (+-1 for rounding) at every unclipped pixel."""
+    for a, b, keep in zip(x.astype(int), y.astype(int), _unclipped(y)):
+        diff = (b - a)[keep]
+        assert diff.max() - diff.min() <= 1
+
+
+def _check_contrast(x, y):
+    """A positive per-image, per-channel scaling about the mean keeps the order of the pixels."""
+    for a, b in zip(x, y):
+        for c in range(3):
+            order = np.argsort(a[..., c], axis=None, kind="stable")
+            assert np.all(np.diff(b[..., c].ravel()[order].astype(int)) >= 0)
+
+
+def _check_saturation(x, y):
+    """Blending with the grey (luma) image keeps each pixel's luma (+-0.5 for rounding)."""
+    luma = np.array([0.299, 0.587, 0.114])
+    keep = _unclipped(y)
+    assert np.all(np.abs((y.astype(float) - x) @ luma)[keep] <= 0.5 + 1e-3)
+
+
+def _check_pointwise_colour(x, y, spec):
+    """A colour transform maps each pixel on its own: it commutes with moving the pixels (a
+    transpose), +-1 for rounding."""
+    moved = augment.augment_on_device(tf.transpose(x, [0, 2, 1, 3]), seed=1, step=2, spec=spec)
+    assert np.abs(np.transpose(y, [0, 2, 1, 3]).astype(int) - moved.numpy()).max() <= 1
+
+
+def _check_pathology(x, y):
+    """Dihedral moves, then mild colour jitter: each image is, up to one of the 8 dihedral
+    transforms, strongly correlated with its input."""
+    for a, b in zip(x.astype(float), y.astype(float)):
+        best = max(np.corrcoef(v.ravel(), b.ravel())[0, 1] for v in dihedral_variants(a))
+        assert best > 0.9
+
+
+# What each op or preset guarantees on uint8 images; every op of the registry must be here.
+UINT8_PROPERTIES = {
+    "d4": lambda x, y, spec: _check_permuted(x, y, [
+        lambda a, k=k: dihedral_variants(a)[k] for k in range(8)]),
+    "flip_lr": lambda x, y, spec: _check_permuted(x, y, [np.copy, lambda a: a[:, ::-1]]),
+    "flip_ud": lambda x, y, spec: _check_permuted(x, y, [np.copy, lambda a: a[::-1]]),
+    "affine": lambda x, y, spec: np.testing.assert_array_equal(y, x),  # all strengths 0
+    "rotate": lambda x, y, spec: _check_resampled(x, y),
+    "zoom": lambda x, y, spec: _check_resampled(x, y),
+    "shift": lambda x, y, spec: _check_resampled(x, y),
+    "shear": lambda x, y, spec: _check_resampled(x, y),
+    "tutorial": lambda x, y, spec: _check_resampled(x, y),  # a warp, then flips
+    "affine(rotation=20, zoom=0.05, shift=0.1, shear=0.05)":
+        lambda x, y, spec: _check_resampled(x, y),
+    "brightness": lambda x, y, spec: _check_brightness(x, y),
+    "contrast": lambda x, y, spec: _check_contrast(x, y),
+    "saturation": lambda x, y, spec: _check_saturation(x, y),
+    "hed": _check_pointwise_colour,
+    "pathology": lambda x, y, spec: _check_pathology(x, y),
+}
+# ops that may leave the images unchanged with their default arguments: affine's strengths are
+# all 0, shear's is 0.05 degrees (a displacement of at most ~0.02 pixel)
+MAY_BE_IDENTITY = {"affine", "shear"}
+
+
+def test_every_op_has_a_checked_property():
+    assert set(ALL_SPECS) == set(UINT8_PROPERTIES)
+
+
 @pytest.mark.parametrize("spec", ALL_SPECS)
-def test_keeps_shape_dtype_and_range_for_uint8(images, spec):
+def test_uint8_output_keeps_shape_and_the_ops_property(images, spec):
     out = augment.augment_on_device(images, seed=1, step=2, spec=spec)
     assert out.shape == images.shape and out.dtype == tf.uint8
+    x, y = images.numpy(), out.numpy()
+    UINT8_PROPERTIES[spec](x, y, spec)
+    if spec not in MAY_BE_IDENTITY:
+        assert not np.array_equal(x, y), "the op changed nothing"
 
 
 @pytest.mark.parametrize("spec", ["pathology", "tutorial"])

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from cli_flags import check_every_flag_is_documented
 from conftest import read_records, shard_paths
 from sklearn import metrics as sk
 
@@ -59,7 +60,8 @@ def test_metrics_by_class_match_a_hand_computed_case():
 
 
 def test_the_tutorials_sensitivity_is_the_idc_specificity():
-    """BRIEF.md section 3: cm[0,0] / (cm[0,0] + cm[0,1]) is non-IDC recall = IDC specificity."""
+    """The PyImageSearch tutorial prints cm[0,0] / (cm[0,0] + cm[0,1]) as "sensitivity": that is
+    non-IDC recall, the IDC specificity."""
     m = metrics_lib.evaluation_metrics(LABELS, PROBS, threshold=0.5)
     cm = np.array(m["confusion_matrix"])
     tutorial_sensitivity = cm[0, 0] / (cm[0, 0] + cm[0, 1])
@@ -96,6 +98,11 @@ T_LABELS = [1, 1, 0, 1, 0, 0]
 T_PROBS = [0.9, 0.8, 0.7, 0.6, 0.3, 0.2]
 
 
+# The operating point at each threshold a rule below chooses, from the table above:
+# (IDC sensitivity, IDC specificity, IDC F1).
+T_POINTS = {0.8: (2 / 3, 1.0, 4 / 5), 0.6: (1.0, 2 / 3, 6 / 7), 0.35: (1.0, 2 / 3, 6 / 7)}
+
+
 @pytest.mark.parametrize("rule, expected, value", [
     ("max_f1", 0.6, 6 / 7),
     ("youden", 0.8, 2 / 3),            # tied with 0.6: the higher threshold wins
@@ -110,9 +117,10 @@ def test_choose_threshold_matches_hand_computed_operating_points(rule, expected,
     threshold, details = thresholds.choose_threshold(T_LABELS, T_PROBS, rule)
     assert threshold == pytest.approx(expected)
     assert details["value"] == (None if value is None else pytest.approx(value))
-    at = metrics_lib.classification_metrics(T_LABELS, T_PROBS, threshold)
-    assert details["idc_sensitivity"] == at["idc_sensitivity"]
-    assert details["idc_f1"] == at["idc_f1"]
+    sensitivity, specificity, f1 = T_POINTS[expected]
+    assert details["idc_sensitivity"] == pytest.approx(sensitivity)
+    assert details["idc_specificity"] == pytest.approx(specificity)
+    assert details["idc_f1"] == pytest.approx(f1)
 
 
 def test_a_chosen_threshold_reproduces_its_operating_point_with_saturated_probabilities():
@@ -124,15 +132,43 @@ def test_a_chosen_threshold_reproduces_its_operating_point_with_saturated_probab
     assert metrics_lib.classification_metrics(labels, probs, threshold)["idc_recall"] == 1.0
 
 
-def test_the_threshold_depends_only_on_the_split_it_is_chosen_on():
+@pytest.mark.parametrize("rule", ["max_f1", "youden", "recall:0.8", "specificity:0.7"])
+def test_choose_threshold_agrees_with_an_exhaustive_search(rule):
+    """Every distinct probability tried as the threshold and scored by scikit-learn, on 300
+    patches with many tied probabilities: the rule's choice is the search's (ties to the higher
+    threshold), and the operating point it reports is scikit-learn's there."""
     rng = np.random.default_rng(0)
-    val_labels = rng.integers(0, 2, 400)
-    val_probs = np.clip(0.35 * val_labels + 0.65 * rng.random(400), 0, 1)
-    chosen = thresholds.choose_threshold(val_labels, val_probs, "max_f1")
-    for _ in range(3):  # whatever the test split looks like, nothing of it goes in
-        test_labels = rng.integers(0, 2, 300)
-        metrics_lib.evaluation_metrics(test_labels, rng.random(300), chosen[0])
-        assert thresholds.choose_threshold(val_labels, val_probs, "max_f1") == chosen
+    labels = rng.integers(0, 2, 300)
+    probs = np.round(0.01 + 0.3 * labels + 0.68 * rng.random(300), 2)  # in [0.01, 0.99]
+    name, _, target = rule.partition(":")
+
+    def point(t):
+        called = (probs >= t).astype(int)
+        return (sk.recall_score(labels, called), sk.recall_score(labels, called, pos_label=0),
+                sk.f1_score(labels, called))
+
+    candidates = sorted(set(probs.tolist()), reverse=True)
+    points = {t: point(t) for t in candidates}
+    if name in ("max_f1", "youden"):
+        score = {t: (f1 if name == "max_f1" else sens + spec - 1)
+                 for t, (sens, spec, f1) in points.items()}
+        best = max(score.values())
+        expected = max(t for t in candidates if score[t] >= best - 1e-12)
+        expected_value = score[expected]
+    elif name == "recall":
+        expected = max(t for t in candidates if points[t][0] >= float(target))
+        expected_value = points[expected][0]
+    else:
+        expected = min(t for t in candidates if points[t][1] >= float(target))
+        expected_value = points[expected][1]
+
+    threshold, details = thresholds.choose_threshold(labels, probs, rule)
+    assert threshold == expected
+    assert details["value"] == pytest.approx(expected_value, abs=1e-12)
+    sensitivity, specificity, f1 = points[expected]
+    assert details["idc_sensitivity"] == pytest.approx(sensitivity, abs=1e-12)
+    assert details["idc_specificity"] == pytest.approx(specificity, abs=1e-12)
+    assert details["idc_f1"] == pytest.approx(f1, abs=1e-12)
 
 
 @pytest.mark.parametrize("rule", ["max_f2", "recall", "recall:1.5", "1.2", "specificity:0", "",
@@ -287,18 +323,78 @@ def test_evaluation_writes_metrics_figures_threshold_and_slide_maps(evaluation, 
         assert os.path.getsize(os.path.join(out, name)) > 0
 
 
-def test_evaluation_metrics_agree_with_its_own_predictions(evaluation):
+def _served_probabilities(model_dir, records) -> np.ndarray:
+    """P(IDC) of each record's image from the exported SavedModel, called here directly."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(os.path.join(model_dir, "export", "saved_model"))
+    fn = serve.signatures["serving_default"]
+    images = np.stack([r["image"] for r in records])
+    return np.concatenate([fn(images=tf.constant(images[i:i + 128]))["idc_probability"].numpy()
+                           for i in range(0, len(images), 128)])
+
+
+def _average_precision(labels, scores) -> float:
+    """Step-wise average precision: sum over distinct thresholds, highest first, of
+    (recall gained) x (precision there)."""
+    total, previous_recall = 0.0, 0.0
+    for t in sorted(set(scores.tolist()), reverse=True):
+        called = scores >= t
+        tp = np.sum(labels[called])
+        total += (tp / labels.sum() - previous_recall) * tp / called.sum()
+        previous_recall = tp / labels.sum()
+    return total
+
+
+def test_evaluation_rows_and_metrics_match_the_shards_and_textbook_formulas(evaluation, trained,
+                                                                           eval_data):
+    """predictions.csv holds every test patch once, with the label in its shard and the
+    probability the exported model gives its image; the reported metrics equal textbook formulas
+    on those rows (not idc_engine.metrics again)."""
+    data_dir, manifest = eval_data
     labels, probs, rows = _predictions(evaluation["output_dir"])
+    records = [r for path in shard_paths(data_dir, manifest, "test") for r in read_records(path)]
+    truth = {(r["patient_id"], r["x"], r["y"]): r for r in records}
+    keys = [(r["patient_id"], int(r["x"]), int(r["y"])) for r in rows]
+    assert len(keys) == len(set(keys)) and set(keys) == set(truth)
+    assert labels.tolist() == [truth[k]["label"] for k in keys]
+    served = dict(zip(((r["patient_id"], r["x"], r["y"]) for r in records),
+                      _served_probabilities(trained, records)))
+    np.testing.assert_allclose(probs, [served[k] for k in keys], rtol=0, atol=1e-5)
+
     threshold = evaluation["threshold"]["threshold"]
-    again = metrics_lib.evaluation_metrics(labels, probs, threshold)
-    assert again["confusion_matrix"] == evaluation["patch"]["confusion_matrix"]
-    assert again["auc"] == pytest.approx(evaluation["patch"]["auc"], abs=1e-6)
-    assert [int(r["predicted"]) for r in rows] == list(
-        (metrics_lib.clip_probability(probs) >= threshold).astype(int))
+    clipped = np.clip(probs, metrics_lib.PROBABILITY_CLIP, 1 - metrics_lib.PROBABILITY_CLIP)
+    called = np.array([int(r["predicted"]) for r in rows])
+    np.testing.assert_array_equal(called, clipped >= threshold)
+    tp, fp = int(np.sum(called & labels)), int(np.sum(called & (1 - labels)))
+    fn, tn = int(np.sum((1 - called) & labels)), int(np.sum((1 - called) & (1 - labels)))
+    patch = evaluation["patch"]
+    assert patch["confusion_matrix"] == [[tn, fp], [fn, tp]]
+    assert patch["idc_sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert patch["idc_specificity"] == pytest.approx(tn / (tn + fp))
+    assert patch["idc_ppv"] == pytest.approx(tp / (tp + fp))
+    assert patch["idc_npv"] == pytest.approx(tn / (tn + fn))
+    assert patch["idc_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert patch["balanced_accuracy"] == pytest.approx((tp / (tp + fn) + tn / (tn + fp)) / 2)
+    assert patch["mcc"] == pytest.approx(
+        (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+    # ROC-AUC = P(an IDC patch scores above a non-IDC one), ties counting half (Mann-Whitney)
+    pos, neg = clipped[labels == 1][:, None], clipped[labels == 0][None, :]
+    auc = (np.sum(pos > neg) + 0.5 * np.sum(pos == neg)) / (pos.size * neg.size)
+    assert patch["auc"] == pytest.approx(auc, abs=1e-9)
+    assert patch["pr_auc"] == pytest.approx(_average_precision(labels, probs), abs=1e-9)
+    assert patch["brier_score"] == pytest.approx(np.mean((probs - labels) ** 2), abs=1e-7)
+
     per = {r["patient_id"]: r for r in evaluation["patients"]}
-    for patient in per:
-        mask = np.array([r["patient_id"] == patient for r in rows])
-        assert per[patient]["true_idc_fraction"] == pytest.approx(labels[mask].mean())
+    ids = np.array([k[0] for k in keys])
+    assert set(per) == set(ids)
+    for patient, row in per.items():
+        mine = ids == patient
+        assert row["num_patches"] == mine.sum()
+        assert row["true_idc_fraction"] == pytest.approx(labels[mine].mean())
+        assert row["predicted_idc_fraction"] == pytest.approx(called[mine].mean())
+    assert evaluation["patient"]["idc_fraction_mae"] == pytest.approx(np.mean(
+        [abs(labels[ids == p].mean() - called[ids == p].mean()) for p in per]))
 
 
 def test_evaluation_intervals_contain_the_point_estimates(evaluation):
@@ -458,5 +554,5 @@ def test_cli_refuses_a_threshold_chosen_on_the_test_split(tmp_path):
 def test_help_documents_every_flag():
     import dataclasses
     result = _evaluate_cli("--helpfull", timeout=120)
-    for field in dataclasses.fields(EvaluateConfig):
-        assert f"--{field.name}:" in result.stdout, field.name
+    checked = check_every_flag_is_documented("idc_engine.evaluate", result.stdout)
+    assert set(checked) == {field.name for field in dataclasses.fields(EvaluateConfig)}

@@ -7,7 +7,8 @@ import pytest
 
 from idc_engine.models import MODELS, build_model, cancernet, set_backbone_trainable
 
-# (name, class, key config) of every CancerNet layer, in order (BRIEF section 4).
+# (name, class, key config) of every CancerNet layer, in order: the PyImageSearch tutorial's
+# architecture (Rosebrock, "Breast cancer classification with Keras and Deep Learning", 2019).
 SEPCONV = dict(kernel_size=(3, 3), padding="same", strides=(1, 1), depth_multiplier=1, activation="linear")
 POOL = dict(pool_size=(2, 2), strides=(2, 2), padding="valid")
 
@@ -47,13 +48,22 @@ CANCERNET_NON_TRAINABLE = 1_600  # BN moving mean and variance: 2 * (32 + 64*2 +
 HEAD_DENSE_PARAMS = 4608 * 256 + 256
 
 
-@pytest.fixture
-def mixed_float16():
-    keras.mixed_precision.set_global_policy("mixed_float16")
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """Every test starts under float32 whatever ran before it (the policy is process-global, and
+    idc_engine.training.loop.train sets it without restoring it); the previous one is put back."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
     try:
         yield
     finally:
-        keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy(previous)
+
+
+@pytest.fixture
+def mixed_float16(float32_policy):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield  # float32_policy restores the policy
 
 
 def _images(batch, size, seed=0):
@@ -100,10 +110,6 @@ def test_cancernet_mixed_float16_computes_in_half_and_outputs_float32(mixed_floa
     probabilities = model(_images(3, 48), training=False)
     assert probabilities.dtype == "float32"
     np.testing.assert_allclose(np.sum(probabilities, axis=-1), 1.0, rtol=1e-5)
-
-
-def test_policy_fixture_restored():
-    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 # --- every registered model -----------------------------------------------------------------------

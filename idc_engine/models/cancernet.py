@@ -1,4 +1,5 @@
-"""CancerNet: the PyImageSearch IDC patch classifier, layer for layer (BRIEF section 4).
+"""CancerNet: the PyImageSearch IDC patch classifier, layer for layer (A. Rosebrock, "Breast
+cancer classification with Keras and Deep Learning", PyImageSearch, 2019).
 
 Kept exactly as the tutorial builds it so that results compare with the tutorial lineage: every
 conv is a 3x3 "same" SeparableConv2D followed by ReLU and then BatchNormalization (BN after the

@@ -1,7 +1,9 @@
 """The custom training loop: one code path for 1 CPU, 1 GPU, N GPUs and N hosts.
 
-Keras 3's `model.fit` cannot run steps_per_execution > 1 or XLA under MirroredStrategy and does
-not support MultiWorkerMirroredStrategy (BRIEF.md section 5), so the engine owns its loop:
+Keras 3's `model.fit` under MirroredStrategy fails with steps_per_execution > 1
+(keras-team/keras#19246) and runs without XLA (its "auto" jit_compile is off whenever a
+tf.distribute strategy is set: Trainer._resolve_auto_jit_compile), and it does not support
+MultiWorkerMirroredStrategy (keras-team/keras#20585), so the engine owns its loop:
 `strategy.run` of a per-replica step (optionally jit-compiled), inside one tf.function that runs
 `steps_per_loop` steps per call. Read top to bottom, in phases: devices, data, model and
 optimizer, checkpoint, the step, validation, the loop, export.
