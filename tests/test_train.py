@@ -221,6 +221,20 @@ def test_default_flags_export_a_model_that_works_in_inference_mode(eval_data, tr
     assert best["val_auc"] > 0.75 and summary["best_value"] == best["val_auc"]
 
 
+def test_xla_on_one_device_compiles_the_whole_step_and_trains(converted, tmp_path):
+    """With one device the optimizer update is inside the compiled step; the run must still
+    count its steps and change the weights (plain_cnn: the same path, a faster compile)."""
+    data_dir, _ = converted
+    kwargs = dict(model="plain_cnn", train_steps=2, steps_per_loop=2, global_batch_size=8,
+                  augment="none", validation_every_steps=1000, export=False)
+    untrained = loop.train(_config(data_dir, tmp_path / "none", learning_rate=1e-30, **kwargs))
+    trained = loop.train(_config(data_dir, tmp_path / "xla", xla="on", **kwargs))
+    config = json.loads((tmp_path / "xla" / "config.json").read_text())
+    assert config["resolved_xla"] is True and config["replicas"] == 1
+    assert trained["final_step"] == 2 and _checkpoint_step(tmp_path / "xla") == 2
+    assert trained["weights_checksum"] != untrained["weights_checksum"]
+
+
 def test_config_tensorboard_and_export(converted, tmp_path):
     data_dir, manifest = converted
     model_dir = tmp_path / "run"
@@ -327,9 +341,12 @@ def test_frozen_backbone_then_fine_tuning(converted, tmp_path):
 def test_plateau_reduces_the_rate_and_early_stopping_ends_the_run(converted, tmp_path):
     data_dir, _ = converted
     run = tmp_path / "run"
-    # a rate too small to change anything: the validation metric cannot improve after step 2
+    # A rate too small to change any weight, and BatchNorm statistics left to the moving
+    # averages: at the initial weights the validation loss then only grows after step 2
+    # (statistics recomputed from new batches at each validation would move it both ways).
     summary = loop.train(_config(data_dir, run, train_steps=40, steps_per_loop=2,
                                  validation_every_steps=2, learning_rate=1e-12,
+                                 bn_statistics_examples=0,
                                  lr_schedule="plateau", plateau_patience=1, plateau_factor=0.5,
                                  early_stopping_patience=3, best_metric="val_loss", export=False))
     assert summary["stopped_early"] and summary["final_step"] == 8
