@@ -49,7 +49,7 @@ class EvaluateConfig:
     model_dir: str = ""
     data_dir: str = ""
     split: str = "test"
-    threshold: str = "max_f1"
+    threshold: str = thresholds.DEFAULT_RULE
     threshold_split: str = "val"
     bootstrap: int = 1000
     seed: int = 0

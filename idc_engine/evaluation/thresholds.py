@@ -27,6 +27,7 @@ from idc_engine import metrics as metrics_lib
 
 RULE_NAMES = ("max_f1", "youden", "recall", "specificity")
 RULE_HELP = "max_f1 | youden | recall:R | specificity:S | a number in [0, 1]"
+DEFAULT_RULE = "max_f1"  # evaluate's --threshold, and the threshold training validates at
 
 
 def parse_rule(rule: str) -> tuple[str, float | None]:

@@ -412,26 +412,23 @@ def _best_threshold_record(config: TrainConfig, best_checkpoint: str | None) -> 
         best = json.load(f)
     if "val_max_f1_threshold" not in best:
         return None
-    return {"threshold": best["val_max_f1_threshold"], "rule": THRESHOLD_RULE, "chosen_on": "val",
+    return {"threshold": best["val_max_f1_threshold"], "rule": thresholds.DEFAULT_RULE, "chosen_on": "val",
             "chosen_by": "idc_engine.train, at the best validation", "model_step": best["step"],
             "idc_f1": best["val_idc_f1_at_max_f1"], "accuracy": best["val_accuracy_at_max_f1"],
             "balanced_accuracy": best["val_balanced_accuracy_at_max_f1"],
             "data_dir": os.path.abspath(config.data_dir)}
 
 
-# the rule python -m idc_engine.evaluate applies by default (--threshold), on the val split
-THRESHOLD_RULE = "max_f1"
-
-
 def validation_metrics(labels, idc_probability) -> dict:
-    """classification_metrics at 0.5, plus the threshold evaluate's default rule chooses on
-    these patches ("max_f1_threshold") and accuracy, balanced accuracy and IDC F1 there.
+    """classification_metrics at 0.5, plus the threshold evaluate's default rule (max_f1)
+    chooses on these patches ("max_f1_threshold") and accuracy, balanced accuracy and IDC F1
+    there.
 
     labels int [N] in {0, 1}; idc_probability float [N].
     """
     metrics = metrics_lib.classification_metrics(labels, idc_probability)
     try:
-        threshold, _ = thresholds.choose_threshold(labels, idc_probability, THRESHOLD_RULE)
+        threshold, _ = thresholds.choose_threshold(labels, idc_probability, thresholds.DEFAULT_RULE)
     except ValueError:  # one class only: no threshold to choose
         return metrics
     at = metrics_lib.classification_metrics(labels, idc_probability, threshold)
