@@ -70,6 +70,10 @@ def define_flags() -> None:
                       "time the engine on those shards (engine_png_img_per_s).")
     flags.DEFINE_bool("resident_footprint", True, "Measure the device-resident mode's peak host "
                       "memory and time to its first step, in fresh processes.")
+    flags.DEFINE_string("resident_package_root", None, "Measure the footprint of the idc_engine "
+                        "of this checkout instead of this one's (e.g. an older commit's worktree).")
+    flags.DEFINE_bool("throughput", True, "Time the pipelines; --nothroughput: only the "
+                      "resident footprint.")
     flags.DEFINE_bool("baseline", True, "Time the image_dataset_from_directory baseline (needs "
                       "PNGs).")
 
@@ -398,34 +402,12 @@ def baseline_dataset(class_root: str, batch_size: int):
         batch_size=batch_size, shuffle=True, seed=0, verbose=False)
 
 
-def main(argv) -> None:
-    del argv
-    import tensorflow as tf
-
-    from benchmarks.report import BenchmarkReport
-    from idc_engine import manifest as manifest_lib
+def time_pipelines(report, data_dir: str, png_dir: str | None, manifest: dict, paths: list,
+                   data_root: str) -> None:
+    """Every pipeline's img/s and their ratios into `report` (see the module docstring)."""
     from idc_engine import pipeline
 
-    output_dir = FLAGS.output_dir
-    data_root = os.path.join(output_dir, "data")
-    png_dir, data_dir = FLAGS.png_dir, FLAGS.data_dir
-    if not data_dir:
-        png_dir = png_dir or synthetic_png_tree(data_root)
-        data_dir = converted(png_dir, os.path.join(data_root, "tfrecords"))
-    manifest = manifest_lib.load_manifest(data_dir)
-    split = manifest_lib.split_info(manifest, FLAGS.split, data_dir)
-    paths = manifest_lib.split_files(data_dir, FLAGS.split, manifest)
     batch = FLAGS.batch_size
-    report = BenchmarkReport("input_pipeline", output_dir, config={
-        "outputs": OUTPUTS,
-        "data_dir": os.path.abspath(data_dir), "png_dir": png_dir and os.path.abspath(png_dir),
-        "split": FLAGS.split, "num_examples": split["num_examples"], "num_shards": len(paths),
-        "image_encoding": manifest["image_encoding"], "batch_size": batch,
-        "repetitions": FLAGS.repetitions, "min_seconds": FLAGS.min_seconds,
-        "shuffle_buffer": FLAGS.shuffle_buffer, "cycle_length": FLAGS.cycle_length,
-        "tensorflow": tf.__version__, "cpus": len(os.sched_getaffinity(0)),
-        # The machine may be shared: the load says how much of it this run had.
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()]})
     options = dict(shuffle_buffer=FLAGS.shuffle_buffer, cycle_length=FLAGS.cycle_length, seed=0)
 
     def host_pipeline(data=data_dir, **extra):
@@ -451,7 +433,7 @@ def main(argv) -> None:
     report.add("cache_vs_engine", cache / engine)
     report.add("device_resident_vs_engine", resident / engine)
     if FLAGS.baseline and png_dir:
-        class_root = os.path.join(output_dir, "baseline_class_tree")
+        class_root = os.path.join(FLAGS.output_dir, "baseline_class_tree")
         count = class_folder_tree(baseline_files(png_dir, manifest, FLAGS.split), class_root)
         report.config["baseline_num_files"] = count
         baseline = measure("baseline_img_per_s",
@@ -459,9 +441,42 @@ def main(argv) -> None:
         report.add("engine_vs_baseline", engine / baseline)
     else:
         logging.warning("no --png_dir: the image_dataset_from_directory baseline is skipped")
+
+
+def main(argv) -> None:
+    del argv
+    import tensorflow as tf
+
+    from benchmarks.report import BenchmarkReport
+    from idc_engine import manifest as manifest_lib
+
+    output_dir = FLAGS.output_dir
+    data_root = os.path.join(output_dir, "data")
+    png_dir, data_dir = FLAGS.png_dir, FLAGS.data_dir
+    if not data_dir:
+        png_dir = png_dir or synthetic_png_tree(data_root)
+        data_dir = converted(png_dir, os.path.join(data_root, "tfrecords"))
+    manifest = manifest_lib.load_manifest(data_dir)
+    split = manifest_lib.split_info(manifest, FLAGS.split, data_dir)
+    paths = manifest_lib.split_files(data_dir, FLAGS.split, manifest)
+    batch = FLAGS.batch_size
+    report = BenchmarkReport("input_pipeline", output_dir, config={
+        "outputs": OUTPUTS,
+        "data_dir": os.path.abspath(data_dir), "png_dir": png_dir and os.path.abspath(png_dir),
+        "split": FLAGS.split, "num_examples": split["num_examples"], "num_shards": len(paths),
+        "image_encoding": manifest["image_encoding"], "batch_size": batch,
+        "repetitions": FLAGS.repetitions, "min_seconds": FLAGS.min_seconds,
+        "shuffle_buffer": FLAGS.shuffle_buffer, "cycle_length": FLAGS.cycle_length,
+        "tensorflow": tf.__version__, "cpus": len(os.sched_getaffinity(0)),
+        # The machine may be shared: the load says how much of it this run had.
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()]})
+    if FLAGS.throughput:
+        time_pipelines(report, data_dir, png_dir, manifest, paths, data_root)
     if FLAGS.resident_footprint:
         footprint = resident_footprint(data_dir, FLAGS.split, batch,
-                                       os.path.join(output_dir, "resident_footprint"))
+                                       os.path.join(output_dir, "resident_footprint"),
+                                       FLAGS.resident_package_root or REPO)
+        report.config["resident_package_root"] = FLAGS.resident_package_root or REPO
         for key, value in footprint.items():
             if value is not None:
                 report.add(f"resident_{key}", value)
