@@ -1,4 +1,5 @@
-"""Input pipeline throughput: the engine's ways to feed a step against the bare read and a baseline.
+"""Input pipeline throughput: the engine's ways to feed a step against the bare read and a baseline,
+and the device-resident mode's host memory and time to its first step.
 
     python -m benchmarks.input_pipeline --output_dir=runs/bench_input           # synthetic data
     python -m benchmarks.input_pipeline --data_dir=~/data/idc_tfrecords --png_dir=~/data/IDC \\
@@ -8,21 +9,39 @@ In ONE run on the same split (images/s, warm-up excluded, median of --repetition
   engine_img_per_s           make_dataset(training=True): shards -> chunked parse -> shuffle
   engine_cache_img_per_s     make_dataset(training=True, cache=True): decoded split in RAM
   device_resident_img_per_s  DeviceResidentSampler: batches gathered in device memory
+  engine_png_img_per_s       make_dataset(training=True) on shards converted with
+                             --image_encoding=png (PNG decoded in the pipeline)
   raw_read_img_per_s         bare tf.data.TFRecordDataset of the same files, batched, no parsing
                              (the faster of a sequential and a parallel read: the upper bound)
-  baseline_img_per_s         keras.utils.image_dataset_from_directory on the PNGs of the same
-                             patients, same batch size (what a Keras user writes today)
+  baseline_img_per_s         keras.utils.image_dataset_from_directory on the PNGs of exactly the
+                             patches the converter wrote to the split (the copy it read; files
+                             it skipped as unreadable left out), same batch size: what a Keras
+                             user writes today
+What each yields differs, and the JSON says so (config "outputs"): every engine figure is uint8
+[B, 50, 50, 3] batches and int32 labels, the float conversion, normalization and augmentation
+being left to the device inside the training step (not in these figures); the baseline yields
+float32 [B, 50, 50, 3] images on the 0..255 scale, not normalized, not augmented.
+
 Every pipeline is drained inside one tf.function loop, as a training loop with steps_per_loop
 would, so Python overhead per batch does not cap any rate. Without --data_dir and --png_dir a
 synthetic tree is generated (idc_engine.synthetic) and converted (idc_engine.convert) under
---output_dir/data, and reused by later runs. Results: --output_dir/input_pipeline.json,
-TensorBoard scalars under --output_dir/tensorboard/, and a printed table.
+--output_dir/data, and reused by later runs.
+
+--resident_footprint (on by default) adds, each measured in a fresh process (peak RSS from the
+kernel's ru_maxrss; memory in MB): TensorFlow alone (its floor), the resident sampler alone
+(read the split, place it, draw one batch) and `python -m idc_engine.train --input_mode=device`
+through its first step on the train split alone; `resident_*_vs_split` = (peak - TensorFlow's
+floor) / the split's image bytes, and the seconds from process start to the first batch / step.
+
+Results: --output_dir/input_pipeline.json (with the machine), TensorBoard scalars under
+--output_dir/tensorboard/, and a printed table.
 """
 
 import gc
 import math
 import os
 import shutil
+import sys
 import time
 
 from absl import app, flags, logging
@@ -47,10 +66,26 @@ def define_flags() -> None:
     flags.DEFINE_integer("synthetic_min_patches", 250, "Fewest patches per generated patient.")
     flags.DEFINE_integer("synthetic_max_patches", 350, "Most patches per generated patient.")
     flags.DEFINE_integer("min_shards", 16, "Conversion --min_shards when this benchmark converts.")
-    flags.DEFINE_bool("png_shards", False, "Also convert with --image_encoding=png and time the "
-                      "engine on those shards (engine_png_img_per_s).")
+    flags.DEFINE_bool("png_shards", True, "Also convert --png_dir with --image_encoding=png and "
+                      "time the engine on those shards (engine_png_img_per_s).")
+    flags.DEFINE_bool("resident_footprint", True, "Measure the device-resident mode's peak host "
+                      "memory and time to its first step, in fresh processes.")
+    flags.DEFINE_string("resident_package_root", None, "Measure the footprint of the idc_engine "
+                        "of this checkout instead of this one's (e.g. an older commit's worktree).")
+    flags.DEFINE_bool("throughput", True, "Time the pipelines; --nothroughput: only the "
+                      "resident footprint.")
     flags.DEFINE_bool("baseline", True, "Time the image_dataset_from_directory baseline (needs "
                       "PNGs).")
+
+
+# What every figure's batches are, for the JSON.
+OUTPUTS = {
+    "engine": "uint8 [B, 50, 50, 3] images + int32 [B] labels; float conversion, normalization "
+              "and augmentation are left to the device inside the training step, not timed here",
+    "baseline": "float32 [B, 50, 50, 3] images on the 0..255 scale + int32 [B] labels from "
+                "keras.utils.image_dataset_from_directory; not normalized, not augmented",
+    "raw_read": "serialized records [B], nothing parsed",
+}
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -82,22 +117,189 @@ def converted(png_dir: str, output_dir: str, image_encoding: str = "raw") -> str
     return output_dir
 
 
-def class_folder_tree(png_dir: str, patients: set, root: str) -> int:
-    """`<root>/<0|1>/<file>.png` symlinks to the split's patches: the layout the tutorial builds
-    for image_dataset_from_directory (it copies files; links read the same bytes)."""
+def written_patch_files(png_dir: str, manifest: dict, split: str) -> list[tuple[str, int]]:
+    """(path, label) of every patch the converter wrote to `split`, from the copy it read.
+
+    The converter reads a patch's copies in order and writes the first that decodes; every copy
+    it could not use is in the manifest's `skipped` list (paths relative to the tree it
+    converted), and a patch none of whose copies decoded was never written. So: the split's
+    patients' patches, each from its first copy not skipped, those with none left out.
+    """
     from idc_engine import kaggle_tree
 
+    patients = set(manifest["splits"][split]["patients"])
+    skipped = {entry["path"] for entry in manifest.get("skipped", [])}
+    files = []
+    for patch in kaggle_tree.scan_tree(png_dir).patches:
+        readable = [path for path in patch.paths if path not in skipped]
+        if patch.patient in patients and readable:
+            files.append((os.path.join(png_dir, readable[0]), patch.label))
+    return files
+
+
+def class_folder_tree(files: list[tuple[str, int]], root: str) -> int:
+    """`<root>/<0|1>/<file>.png` symlinks to `files`: the layout the tutorial builds for
+    image_dataset_from_directory (it copies files; links read the same bytes)."""
     shutil.rmtree(root, ignore_errors=True)
     for label in ("0", "1"):
         os.makedirs(os.path.join(root, label))
-    count = 0
-    for patch in kaggle_tree.scan_tree(png_dir).patches:
-        if patch.patient in patients:
-            source = os.path.join(png_dir, patch.paths[0])
-            os.symlink(os.path.abspath(source),
-                       os.path.join(root, str(patch.label), os.path.basename(source)))
-            count += 1
-    return count
+    for path, label in files:
+        os.symlink(os.path.abspath(path), os.path.join(root, str(label), os.path.basename(path)))
+    return len(files)
+
+
+def baseline_files(png_dir: str, manifest: dict, split: str) -> list[tuple[str, int]]:
+    """The baseline's input: exactly the patches the engine reads, or a UsageError saying why
+    `png_dir` is not the tree the shards were converted from."""
+    files = written_patch_files(png_dir, manifest, split)
+    expected = manifest["splits"][split]["num_examples"]
+    if len(files) != expected:
+        raise app.UsageError(
+            f"--png_dir {png_dir!r} holds {len(files):,} readable patches of split {split!r} "
+            f"where the conversion wrote {expected:,}; pass the tree it was converted from "
+            f"({manifest.get('input', {}).get('dir', 'see manifest.json: input.dir')})")
+    return files
+
+
+# --- the resident split's footprint: peak host memory, time to the first step -----------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NEVER = 10**9
+
+
+# Runs argv[2:] and writes its exit code and peak RSS to argv[1]. A process's ru_maxrss counts
+# the pages it held before exec, i.e. its parent's (fork and vfork alike): measured from this
+# small launcher (~10 MB), not from a parent holding TensorFlow and datasets.
+_LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"exit": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}, f)
+"""
+
+
+def run_measured(command: list[str], package_root: str = REPO, timeout: float = 1800) -> dict:
+    """Runs a process in `package_root` (whose idc_engine it imports) to its end;
+    {"peak_rss_mb" (its own ru_maxrss), "wall_seconds", "started" (time.time() at spawn),
+    "stdout", "stderr", "returncode"}."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        usage_path = os.path.join(scratch, "usage.json")
+        started, start = time.time(), time.perf_counter()
+        result = subprocess.run([sys.executable, "-c", _LAUNCHER, usage_path, *command],
+                                capture_output=True, text=True, cwd=package_root,
+                                env={**os.environ, "PYTHONPATH": package_root},
+                                timeout=timeout, start_new_session=True)
+        wall = time.perf_counter() - start
+        with open(usage_path) as f:
+            usage = json.load(f)
+    return {"peak_rss_mb": usage["maxrss_kb"] / 1024, "wall_seconds": wall, "started": started,
+            "stdout": result.stdout, "stderr": result.stderr, "returncode": usage["exit"]}
+
+
+# Run as `python -c`: reads a split into a DeviceResidentSampler and draws one batch; prints
+# seconds (from before importing TensorFlow) to the sampler and to the first batch. Only
+# idc_engine is imported, so the same measurement runs against any version of the package.
+RESIDENT_CHILD = """
+import json, sys, time
+start = time.perf_counter()
+import tensorflow as tf
+from idc_engine import pipeline
+data_dir, split, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sampler = pipeline.make_device_resident_sampler(data_dir, split, batch, seed=0)
+ready = time.perf_counter()
+sampler(tf.constant(0, tf.int64))[0].numpy()
+print(json.dumps({"seconds_to_sampler": ready - start,
+                  "seconds_to_first_batch": time.perf_counter() - start}))
+"""
+
+
+def train_only_view(data_dir: str, root: str) -> str:
+    """`root`: the train split of data_dir alone (shards linked, manifest without the other
+    splits), so a training run on it has no validation to add to its memory or time."""
+    import json
+
+    from idc_engine import manifest as manifest_lib
+
+    manifest = manifest_lib.load_manifest(data_dir)
+    manifest["splits"] = {"train": manifest["splits"]["train"]}
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    for name in manifest["splits"]["train"]["files"]:
+        os.symlink(os.path.abspath(os.path.join(data_dir, name)), os.path.join(root, name))
+    with open(manifest_lib.manifest_path(root), "w") as f:
+        json.dump(manifest, f)
+    return root
+
+
+_ABSL_TIME = r"^I(\d{2})(\d{2}) (\d{2}):(\d{2}):(\d{2}\.\d+) .*\] step 1/"
+
+
+def first_step_time(log_text: str, started: float) -> float | None:
+    """Seconds from `started` (time.time() at spawn) to the engine's log line of step 1."""
+    import datetime
+    import re
+
+    found = re.search(_ABSL_TIME, log_text, re.MULTILINE)
+    if not found:
+        return None
+    month, day, hour, minute = (int(v) for v in found.groups()[:4])
+    now = datetime.datetime.fromtimestamp(started)
+    logged = datetime.datetime(now.year, month, day, hour, minute) + datetime.timedelta(
+        seconds=float(found.group(5)))
+    return logged.timestamp() - started
+
+
+def resident_footprint(data_dir: str, split: str, batch_size: int, work_dir: str,
+                       package_root: str = REPO) -> dict:
+    """Peak host memory and time to the first step of the device-resident mode, each in a fresh
+    process: TensorFlow alone (its own floor), the sampler alone (read, place, one batch), and
+    `python -m idc_engine.train --input_mode=device` through its first step (train split only:
+    no validation). Memory in MB; `*_vs_split`: peak above TensorFlow's floor / the split's
+    image bytes (1.0 = one copy of the split). `package_root`: the checkout whose idc_engine
+    runs (another one measures that version the same way)."""
+    import json
+
+    from idc_engine import manifest as manifest_lib
+
+    python = sys.executable
+    num_examples = manifest_lib.split_info(manifest_lib.load_manifest(data_dir), split,
+                                           data_dir)["num_examples"]
+    split_mb = num_examples * 50 * 50 * 3 / 2**20
+    floor = run_measured([python, "-c", "import tensorflow as tf; (tf.constant(1) + 1).numpy()"],
+                         package_root)
+    sampler = run_measured([python, "-c", RESIDENT_CHILD, data_dir, split, str(batch_size)],
+                           package_root)
+    if sampler["returncode"] != 0:
+        raise RuntimeError(f"resident sampler run failed: {sampler['stderr'][-2000:]}")
+    timings = json.loads(sampler["stdout"].strip().splitlines()[-1])
+    view = train_only_view(data_dir, os.path.join(work_dir, "train_only"))
+    train = run_measured([python, "-m", "idc_engine.train", f"--data_dir={view}",
+                          f"--model_dir={os.path.join(work_dir, 'resident_run')}",
+                          "--input_mode=device", "--train_steps=1", "--steps_per_loop=1",
+                          f"--global_batch_size={batch_size}", "--export=false",
+                          f"--checkpoint_every_steps={NEVER}", "--strategy=default"],
+                         package_root)
+    shutil.rmtree(os.path.join(work_dir, "resident_run"), ignore_errors=True)
+    if train["returncode"] != 0:
+        raise RuntimeError(f"resident training run failed: {train['stderr'][-2000:]}")
+    return {
+        "split_num_examples": num_examples, "split_image_mb": split_mb,
+        "tensorflow_floor_peak_mb": floor["peak_rss_mb"],
+        "sampler_peak_mb": sampler["peak_rss_mb"],
+        "sampler_peak_vs_split": (sampler["peak_rss_mb"] - floor["peak_rss_mb"]) / split_mb,
+        "sampler_seconds_to_sampler": timings["seconds_to_sampler"],
+        "sampler_seconds_to_first_batch": timings["seconds_to_first_batch"],
+        "train_peak_mb": train["peak_rss_mb"],
+        "train_peak_vs_split": (train["peak_rss_mb"] - floor["peak_rss_mb"]) / split_mb,
+        "train_seconds_to_first_step": first_step_time(train["stderr"], train["started"]),
+        "train_wall_seconds": train["wall_seconds"]}
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -200,33 +402,12 @@ def baseline_dataset(class_root: str, batch_size: int):
         batch_size=batch_size, shuffle=True, seed=0, verbose=False)
 
 
-def main(argv) -> None:
-    del argv
-    import tensorflow as tf
-
-    from benchmarks.report import BenchmarkReport
-    from idc_engine import manifest as manifest_lib
+def time_pipelines(report, data_dir: str, png_dir: str | None, manifest: dict, paths: list,
+                   data_root: str) -> None:
+    """Every pipeline's img/s and their ratios into `report` (see the module docstring)."""
     from idc_engine import pipeline
 
-    output_dir = FLAGS.output_dir
-    data_root = os.path.join(output_dir, "data")
-    png_dir, data_dir = FLAGS.png_dir, FLAGS.data_dir
-    if not data_dir:
-        png_dir = png_dir or synthetic_png_tree(data_root)
-        data_dir = converted(png_dir, os.path.join(data_root, "tfrecords"))
-    manifest = manifest_lib.load_manifest(data_dir)
-    split = manifest_lib.split_info(manifest, FLAGS.split, data_dir)
-    paths = manifest_lib.split_files(data_dir, FLAGS.split, manifest)
     batch = FLAGS.batch_size
-    report = BenchmarkReport("input_pipeline", output_dir, config={
-        "data_dir": os.path.abspath(data_dir), "png_dir": png_dir and os.path.abspath(png_dir),
-        "split": FLAGS.split, "num_examples": split["num_examples"], "num_shards": len(paths),
-        "image_encoding": manifest["image_encoding"], "batch_size": batch,
-        "repetitions": FLAGS.repetitions, "min_seconds": FLAGS.min_seconds,
-        "shuffle_buffer": FLAGS.shuffle_buffer, "cycle_length": FLAGS.cycle_length,
-        "tensorflow": tf.__version__, "cpus": len(os.sched_getaffinity(0)),
-        # The machine may be shared: the load says how much of it this run had.
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()]})
     options = dict(shuffle_buffer=FLAGS.shuffle_buffer, cycle_length=FLAGS.cycle_length, seed=0)
 
     def host_pipeline(data=data_dir, **extra):
@@ -245,20 +426,60 @@ def main(argv) -> None:
 
     if FLAGS.png_shards and png_dir:
         png_data = converted(png_dir, os.path.join(data_root, "tfrecords_png"), "png")
-        measure("engine_png_img_per_s", host_pipeline(png_data), batch, report)
+        png = measure("engine_png_img_per_s", host_pipeline(png_data), batch, report)
+        report.add("png_vs_raw_shards", png / engine)
 
     report.add("engine_vs_raw_read", engine / raw)
     report.add("cache_vs_engine", cache / engine)
     report.add("device_resident_vs_engine", resident / engine)
     if FLAGS.baseline and png_dir:
-        class_root = os.path.join(output_dir, "baseline_class_tree")
-        count = class_folder_tree(png_dir, set(split["patients"]), class_root)
+        class_root = os.path.join(FLAGS.output_dir, "baseline_class_tree")
+        count = class_folder_tree(baseline_files(png_dir, manifest, FLAGS.split), class_root)
         report.config["baseline_num_files"] = count
         baseline = measure("baseline_img_per_s",
                            lambda: dataset_steps(baseline_dataset(class_root, batch)), batch, report)
         report.add("engine_vs_baseline", engine / baseline)
     else:
         logging.warning("no --png_dir: the image_dataset_from_directory baseline is skipped")
+
+
+def main(argv) -> None:
+    del argv
+    import tensorflow as tf
+
+    from benchmarks.report import BenchmarkReport
+    from idc_engine import manifest as manifest_lib
+
+    output_dir = FLAGS.output_dir
+    data_root = os.path.join(output_dir, "data")
+    png_dir, data_dir = FLAGS.png_dir, FLAGS.data_dir
+    if not data_dir:
+        png_dir = png_dir or synthetic_png_tree(data_root)
+        data_dir = converted(png_dir, os.path.join(data_root, "tfrecords"))
+    manifest = manifest_lib.load_manifest(data_dir)
+    split = manifest_lib.split_info(manifest, FLAGS.split, data_dir)
+    paths = manifest_lib.split_files(data_dir, FLAGS.split, manifest)
+    batch = FLAGS.batch_size
+    report = BenchmarkReport("input_pipeline", output_dir, config={
+        "outputs": OUTPUTS,
+        "data_dir": os.path.abspath(data_dir), "png_dir": png_dir and os.path.abspath(png_dir),
+        "split": FLAGS.split, "num_examples": split["num_examples"], "num_shards": len(paths),
+        "image_encoding": manifest["image_encoding"], "batch_size": batch,
+        "repetitions": FLAGS.repetitions, "min_seconds": FLAGS.min_seconds,
+        "shuffle_buffer": FLAGS.shuffle_buffer, "cycle_length": FLAGS.cycle_length,
+        "tensorflow": tf.__version__, "cpus": len(os.sched_getaffinity(0)),
+        # The machine may be shared: the load says how much of it this run had.
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()]})
+    if FLAGS.throughput:
+        time_pipelines(report, data_dir, png_dir, manifest, paths, data_root)
+    if FLAGS.resident_footprint:
+        footprint = resident_footprint(data_dir, FLAGS.split, batch,
+                                       os.path.join(output_dir, "resident_footprint"),
+                                       FLAGS.resident_package_root or REPO)
+        report.config["resident_package_root"] = FLAGS.resident_package_root or REPO
+        for key, value in footprint.items():
+            if value is not None:
+                report.add(f"resident_{key}", value)
     report.config["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report.write()
 

@@ -6,10 +6,15 @@ What a Keras user would write, fed as fast as Keras allows: the train split deco
 RAM (the same uint8 records the engine trains on), batches of random indices gathered, cast and
 normalized with the engine's own `model_input` in tf.data, prefetched; the model from
 `idc_engine.models.build_model`, `compile(Adam, sparse_categorical_crossentropy, accuracy,
-jit_compile=False)`, float32, no augmentation, default strategy. A callback timestamps the end of
-every batch; batches are grouped into windows of --window_steps (the engine's steps_per_loop) and
-the first window (tracing, warm-up) is dropped, exactly as the engine's `images_per_sec` drops
-its first loop. Prints one JSON object last on stdout: images_per_sec = median window img/s.
+jit_compile=False)`, float32, no augmentation, default strategy. With --fused_batchnorm the
+compiled model's BatchNormalization layers train through the engine's fused kernel
+(`idc_engine.models.fuse_batchnorm`), so fit runs the same graph as the engine's default.
+
+A callback timestamps the end of every batch; batches are grouped into windows of
+--window_steps (the engine's steps_per_loop) and the first window (tracing, warm-up) is dropped,
+exactly as the engine's `images_per_sec` drops its first loop. Prints one JSON object last on
+stdout: images_per_sec = median window img/s, and the graph trained (`graph`: parameters,
+BatchNormalization layers, how many of them fused) to check it against the engine's.
 """
 
 import json
@@ -32,6 +37,8 @@ def define_flags() -> None:
                          "fit supports under every strategy; --window_steps must divide by it.")
     flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
     flags.DEFINE_integer("seed", 0, "Seed of initialization and batch order.")
+    flags.DEFINE_bool("fused_batchnorm", False, "Train BatchNormalization through the engine's "
+                      "fused kernel, as the engine does by default.")
 
 
 def window_rates(batch_end_times: list[float], window_steps: int, batch_size: int,
@@ -48,9 +55,9 @@ def window_rates(batch_end_times: list[float], window_steps: int, batch_size: in
 
 def run_fit(data_dir: str, model_name: str, batch_size: int, window_steps: int,
             timed_windows: int, steps_per_execution: int = 1, learning_rate: float = 1e-3,
-            seed: int = 0) -> dict:
+            seed: int = 0, fused_batchnorm: bool = False) -> dict:
     """Trains `model_name` with model.fit for (1 + timed_windows) * window_steps steps; returns
-    {"images_per_sec": median window rate, "window_rates": [...], ...}."""
+    {"images_per_sec": median window rate, "window_rates": [...], "graph": {...}, ...}."""
     import keras
     import tensorflow as tf
 
@@ -80,6 +87,8 @@ def run_fit(data_dir: str, model_name: str, batch_size: int, window_steps: int,
                .prefetch(tf.data.AUTOTUNE))
 
     model = models.build_model(model_name, (image_size, image_size, 3))
+    if fused_batchnorm:
+        models.fuse_batchnorm(model)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=False, steps_per_execution=steps_per_execution)
@@ -105,7 +114,23 @@ def run_fit(data_dir: str, model_name: str, batch_size: int, window_steps: int,
             "steps": steps, "window_steps": window_steps,
             "steps_per_execution": steps_per_execution, "global_batch_size": batch_size,
             "model": model_name, "final_loss": float(history.history["loss"][-1]),
+            "graph": model_graph(model),
             "keras": keras.__version__, "tensorflow": tf.__version__, "pid": os.getpid()}
+
+
+def model_graph(model) -> dict:
+    """What identifies the trained graph: parameter count (trainable + BatchNorm moving
+    statistics), BatchNormalization layers, and how many of them train fused."""
+    import keras
+
+    from idc_engine.models.fused_batchnorm import FusedBatchNormalization
+
+    layers = list(model._flatten_layers(include_self=False))
+    return {"parameters": int(model.count_params()),
+            "batchnorm_layers": sum(isinstance(layer, keras.layers.BatchNormalization)
+                                    for layer in layers),
+            "fused_batchnorm_layers": sum(isinstance(layer, FusedBatchNormalization)
+                                          for layer in layers)}
 
 
 def main(argv) -> None:
@@ -115,7 +140,7 @@ def main(argv) -> None:
         raise app.UsageError("--data_dir is required: a directory written by idc_engine.convert")
     summary = run_fit(FLAGS.data_dir, FLAGS.model, FLAGS.global_batch_size, FLAGS.window_steps,
                       FLAGS.timed_windows, FLAGS.steps_per_execution, FLAGS.learning_rate,
-                      FLAGS.seed)
+                      FLAGS.seed, FLAGS.fused_batchnorm)
     print(json.dumps(summary, indent=1))
 
 

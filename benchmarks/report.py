@@ -28,6 +28,32 @@ def median_rate(run, items_per_run: int, repeats: int, warmup: int = 1) -> tuple
     return statistics.median(rates), rates
 
 
+# CPU features that change which precision is fast (bfloat16 dot products, AMX tiles)
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+def machine() -> dict:
+    """The machine a report was measured on: CPU model and features, cores, memory, OS."""
+    model, cpu_flags, memory_gb = platform.processor() or platform.machine(), None, None
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = [line.split(":", 1) for line in f if ":" in line]
+        names = [value.strip() for key, value in info if key.strip() == "model name"]
+        model = names[0] if names else model
+        present = next((value.split() for key, value in info if key.strip() == "flags"), [])
+        cpu_flags = [flag for flag in _CPU_FLAGS if flag in present]
+        with open("/proc/meminfo") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+        memory_gb = round(kb / 2**20, 1)
+    except (OSError, StopIteration):  # not Linux: the platform module's answer
+        pass
+    return {"cpu_model": model, "cpu_flags": cpu_flags, "cpus": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(),
+            "memory_gb": memory_gb, "platform": platform.platform(),
+            "python": platform.python_version()}
+
+
 class BenchmarkReport:
     def __init__(self, name: str, output_dir: str, config: dict | None = None):
         self.name = name
@@ -47,8 +73,7 @@ class BenchmarkReport:
         record = {
             "benchmark": self.name,
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version()},
+            "machine": machine(),
             "config": self.config,
             "results": self.results,
             "details": self.details,

@@ -295,11 +295,18 @@ class SplitArrays:
         return len(self.labels)
 
 
-def _read_all(source: SplitSource, with_metadata: bool):
-    dataset = _records_dataset(source, _LOAD_BATCH, training=False, shuffle_buffer=0, seed=0,
+def _read_all(source: SplitSource, with_metadata: bool, batch_size: int = _LOAD_BATCH):
+    """Every record of `source` once, in a fixed order, as numpy batches of `batch_size`."""
+    dataset = _records_dataset(source, batch_size, training=False, shuffle_buffer=0, seed=0,
                                deterministic=True, with_metadata=with_metadata,
                                cycle_length=DEFAULT_CYCLE_LENGTH)
     return dataset.with_options(_tuned_options(deterministic=True)).as_numpy_iterator()
+
+
+def _check_count(data_dir: str, split: str, count: int, expected: int) -> None:
+    if count != expected:
+        raise ShardError(f"split {split!r} of {data_dir!r}: read {count:,} records where the "
+                         f"manifest lists {expected:,}; a shard was modified after conversion")
 
 
 def load_split_arrays(data_dir: str, split: str, input_context=None,
@@ -328,9 +335,8 @@ def load_split_arrays(data_dir: str, split: str, input_context=None,
         raise explain_data_loss(data_dir, split, e) from e
     if expected is None:
         images = np.concatenate(image_parts) if image_parts else images
-    elif count != expected:
-        raise ShardError(f"split {split!r} of {data_dir!r}: read {count:,} records where the "
-                         f"manifest lists {expected:,}; a shard was modified after conversion")
+    else:
+        _check_count(data_dir, split, count, expected)
     labels = np.concatenate([p[0] for p in other_parts]) if other_parts else np.empty(0, np.int32)
     arrays = SplitArrays(images, labels.astype(np.int32))
     if with_metadata:
@@ -492,17 +498,93 @@ def random_permutation_index(positions, num_items: int, seed, epoch, rounds: int
     return tf.while_loop(outside, walk, (x,))[0]
 
 
+# TF's CPU allocator aligns buffers to 64 bytes and its kernels may assume it of any buffer.
+_TF_ALIGNMENT = 64
+
+
+def _aligned_empty(nbytes: int) -> np.ndarray:
+    """Uninitialized uint8 [nbytes] whose data starts on a 64-byte boundary (numpy's own large
+    arrays start 16 bytes past a page), so TensorFlow can use the buffer in place."""
+    raw = np.empty(nbytes + _TF_ALIGNMENT, np.uint8)
+    offset = -raw.ctypes.data % _TF_ALIGNMENT
+    return raw[offset:offset + nbytes]
+
+
+def _aligned(array: np.ndarray) -> np.ndarray:
+    """`array` itself if C-contiguous and 64-byte aligned, else such a copy."""
+    if array.flags.c_contiguous and array.ctypes.data % _TF_ALIGNMENT == 0:
+        return array
+    copy = _aligned_empty(array.nbytes).view(array.dtype).reshape(array.shape)
+    copy[...] = array
+    return copy
+
+
+def _packed_rows(num_images: int, image_bytes: int) -> np.ndarray:
+    """uint8 [num_images, image_bytes rounded up to 8], 64-byte aligned, the padding zeroed and
+    the image bytes left to fill; `.view(np.int64)` gives `pack_images`' words."""
+    row = -(-image_bytes // 8) * 8
+    rows = _aligned_empty(num_images * row).reshape(num_images, row)
+    rows[:, image_bytes:] = 0
+    return rows
+
+
 def pack_images(images: np.ndarray) -> np.ndarray:
     """uint8 [N, H, W, C] -> int64 [N, ceil(H*W*C / 8)], each image's bytes as 8-byte words.
 
     GPU gather kernels exist for int64 but not for uint8 (or int32), so resident images are kept
-    as int64 words: same bytes, plus at most 7 bytes of padding per image.
+    as int64 words: same bytes, plus at most 7 bytes of padding per image. The result is a new
+    64-byte-aligned array.
     """
     flat = images.reshape(len(images), -1)
-    pad = -flat.shape[1] % 8
-    if pad:
-        flat = np.pad(flat, ((0, 0), (0, pad)))
-    return np.ascontiguousarray(flat).view(np.int64)
+    rows = _packed_rows(len(images), flat.shape[1])
+    rows[:, :flat.shape[1]] = flat
+    return rows.view(np.int64)
+
+
+@dataclasses.dataclass
+class PackedSplit:
+    """A split in the resident sampler's layout, one allocation per array."""
+    words: np.ndarray      # int64 [N, ceil(H*W*C / 8)], 64-byte aligned (`pack_images`)
+    labels: np.ndarray     # int64 [N], 64-byte aligned
+    image_shape: tuple     # (H, W, C) of the uint8 images
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def from_arrays(cls, arrays: SplitArrays) -> "PackedSplit":
+        return cls(pack_images(arrays.images), _aligned(arrays.labels.astype(np.int64)),
+                   tuple(arrays.images.shape[1:]))
+
+
+def read_packed_split(data_dir: str, split: str) -> PackedSplit:
+    """Reads a whole split straight into the resident layout, in `load_split_arrays`' order.
+
+    The words array (~7.5 kB a patch) is allocated once at the count the manifest lists and each
+    decoded chunk of records is copied into its rows once: no list of parts, no concatenation,
+    no packing copy, so the host holds one copy of the split plus a few chunks in flight.
+    Raises ShardError as `load_split_arrays` does.
+    """
+    source = split_source(data_dir, split)
+    expected = source.num_examples
+    if expected is None:  # a manifest without counts: read, then pack
+        return PackedSplit.from_arrays(load_split_arrays(data_dir, split))
+    image_bytes = math.prod(source.image_shape)
+    rows = _packed_rows(expected, image_bytes)
+    labels = _aligned_empty(8 * expected).view(np.int64)
+    count = 0
+    try:
+        for images, batch_labels in _read_all(source, with_metadata=False,
+                                              batch_size=CHUNK_RECORDS):
+            n = len(batch_labels)
+            if count + n <= expected:
+                rows[count:count + n, :image_bytes] = images.reshape(n, image_bytes)
+                labels[count:count + n] = batch_labels
+            count += n
+    except tf.errors.DataLossError as e:
+        raise explain_data_loss(data_dir, split, e) from e
+    _check_count(data_dir, split, count, expected)
+    return PackedSplit(rows.view(np.int64), labels, source.image_shape)
 
 
 def unpack_images(words, image_shape=records.IMAGE_SHAPE):
@@ -518,7 +600,8 @@ class DeviceResidentSampler:
     (seed, step), so the step is a pure function of its number (restarts resume exactly), every
     record is drawn once per epoch, and each epoch has its own order. Create it inside
     `strategy.scope()`: the data become a mirrored variable, one copy per replica device (the
-    2.08 GB of the full dataset fit on any modern GPU). On a CPU machine it lives in host memory.
+    2.08 GB of the full dataset fit on any modern GPU). On a CPU machine it lives in host memory,
+    in the very buffer the shards were read into.
 
         sampler = make_device_resident_sampler(data_dir, "train", 256, seed=0)
         @tf.function
@@ -526,18 +609,21 @@ class DeviceResidentSampler:
             images, labels = sampler(step)    # per replica, inside strategy.run or not
     """
 
-    def __init__(self, arrays: SplitArrays, global_batch_size: int, seed: int = 0):
-        if len(arrays) < global_batch_size:
-            raise ValueError(f"the split has {len(arrays)} records, fewer than one global batch "
+    def __init__(self, split: "PackedSplit | SplitArrays", global_batch_size: int,
+                 seed: int = 0):
+        """split: from `read_packed_split` (placed without a copy), or decoded SplitArrays
+        (packed first: a copy)."""
+        if isinstance(split, SplitArrays):
+            split = PackedSplit.from_arrays(split)
+        if len(split) < global_batch_size:
+            raise ValueError(f"the split has {len(split)} records, fewer than one global batch "
                              f"of {global_batch_size}")
-        self.num_examples = len(arrays)
+        self.num_examples = len(split)
         self.global_batch_size = global_batch_size
         self.seed = seed
-        self.image_shape = tuple(arrays.images.shape[1:])
-        self.words = tf.Variable(pack_images(arrays.images), trainable=False,
-                                 name="resident_images")
-        self.labels = tf.Variable(arrays.labels.astype(np.int64), trainable=False,
-                                  name="resident_labels")
+        self.image_shape = tuple(split.image_shape)
+        self.words = _place_resident(split.words, "resident_images")
+        self.labels = _place_resident(split.labels, "resident_labels")
         # ~60 tiny integer ops: one XLA kernel instead of 60 launches. The gather stays outside:
         # XLA's CPU gather of wide rows is 4x slower than TF's.
         self._compiled_indices = tf.function(self.indices, jit_compile=True)
@@ -574,13 +660,33 @@ class DeviceResidentSampler:
         return images, tf.cast(tf.gather(self.labels, indices), tf.int32)
 
 
+def _place_resident(array: np.ndarray, name: str):
+    """`array` (64-byte aligned) on the device(s) the sampler draws from; a tensor or variable.
+
+    DLPack hands the numpy buffer to TensorFlow without a copy. Without GPUs that host tensor
+    IS the resident split: every replica (logical CPU devices share host memory) gathers from
+    it, and host memory holds the split once. It is deliberately not a variable: TensorFlow
+    copies a variable's whole buffer at its first gather unless the variable alone owns it
+    (copy-on-read mode), a second copy of the split at the first step. With GPUs it becomes a
+    variable, one copy in each replica's device memory (a mirrored variable inside
+    `strategy.scope()`), and the host buffer is freed once the caller drops `array`.
+    """
+    host = tf.experimental.dlpack.from_dlpack(_aligned(array).__dlpack__())
+    if not tf.config.list_logical_devices("GPU"):
+        return host
+    return tf.Variable(host, trainable=False, name=name)
+
+
 def make_device_resident_sampler(data_dir: str, split: str, global_batch_size: int,
                                  seed: int = 0) -> DeviceResidentSampler:
     """Loads a whole split into the memory of the current device(s); see DeviceResidentSampler.
 
+    The split is read straight into its resident layout (`read_packed_split`) and placed without
+    a copy on a CPU (`_place_resident`), so host memory peaks near the split's own size (~7.5 kB
+    a patch) above what TensorFlow itself holds.
     Every worker loads the whole split; replicas draw disjoint slices of each global batch.
     """
-    return DeviceResidentSampler(load_split_arrays(data_dir, split), global_batch_size, seed)
+    return DeviceResidentSampler(read_packed_split(data_dir, split), global_batch_size, seed)
 
 
 # --- on the device: uint8 -> normalized float -----------------------------------------------

@@ -50,10 +50,11 @@ _HELP = {
                 "or --num_cpu_devices > 1, else default (one device); default; mirrored; "
                 "multi_worker (reads TF_CONFIG).",
     "num_cpu_devices": "Split the CPU into N logical devices (MirroredStrategy without GPUs).",
-    "xla": "jit_compile the per-replica step: auto (off on CPU and for depthwise-conv models, "
-           "where it was measured slower; on for dense models on GPU), on, off.",
-    "precision": "auto (mixed_float16 on GPUs with tensor cores, else float32), float32, "
-                 "mixed_float16, mixed_bfloat16.",
+    "xla": "jit_compile the per-replica step: auto (off on CPU, measured slower there; on for "
+           "every model on GPUs, not measured in this project), on, off.",
+    "precision": "auto (float32 on CPU, measured faster there; on GPUs by compute capability, "
+                 "not measured in this project: mixed_bfloat16 on 8.0+, mixed_float16 on 7.x, "
+                 "float32 below), float32, mixed_float16, mixed_bfloat16.",
     "global_batch_size": "Batch summed over all replicas; must divide by the replica count.",
     "epochs": "Epochs of the train split (ignored when --train_steps > 0).",
     "train_steps": "Total training steps; 0: from --epochs.",

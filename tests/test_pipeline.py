@@ -356,8 +356,47 @@ def test_replicas_draw_disjoint_halves_of_the_global_batch(data_dir):
 def test_pack_unpack_images_round_trip():
     images = np.random.default_rng(0).integers(0, 256, (5, 50, 50, 3), dtype=np.uint8)
     words = pipeline.pack_images(images)
-    assert words.dtype == np.int64
+    assert words.dtype == np.int64 and words.ctypes.data % 64 == 0
     np.testing.assert_array_equal(pipeline.unpack_images(tf.constant(words)).numpy(), images)
+
+
+def test_read_packed_split_is_the_packed_split_in_the_same_order(data_dir):
+    packed = pipeline.read_packed_split(data_dir, "train")
+    arrays = pipeline.load_split_arrays(data_dir, "train")
+    np.testing.assert_array_equal(packed.words, pipeline.pack_images(arrays.images))
+    np.testing.assert_array_equal(packed.labels, arrays.labels)
+    assert packed.words.dtype == packed.labels.dtype == np.int64
+    assert packed.words.ctypes.data % 64 == 0 and packed.labels.ctypes.data % 64 == 0
+    assert packed.image_shape == (50, 50, 3) and len(packed) == len(PATIENTS) * PER_PATIENT
+
+
+def test_resident_split_on_cpu_is_the_buffer_the_shards_were_read_into(data_dir):
+    """No copy of the split on a CPU: not when placing it, not at the first gather (TF copies a
+    variable's whole buffer there), not when drawing batches."""
+    packed = pipeline.read_packed_split(data_dir, "train")
+    sampler = pipeline.DeviceResidentSampler(packed, 32, seed=0)
+    before = packed.words.ctypes.data
+    images, _ = tf.function(sampler)(tf.constant(3, tf.int64))
+    sampler(tf.constant(4, tf.int64))
+    assert np.asarray(sampler.words).ctypes.data == before
+    # what the sampler draws is what was read: the buffer is shared, so a change shows through
+    indices = sampler.indices(3).numpy()
+    np.testing.assert_array_equal(
+        images.numpy(), pipeline.unpack_images(tf.constant(packed.words[indices])).numpy())
+    packed.words[indices[0]] = 0
+    again, _ = sampler(tf.constant(3, tf.int64))
+    assert not again.numpy()[0].any()
+
+
+def test_read_packed_split_names_a_shard_with_records_missing(tmp_path):
+    root = str(tmp_path / "short")
+    manifest = write_converted(root)
+    manifest["splits"]["train"]["num_examples"] += 1
+    for shard in manifest["splits"]["train"]["shards"]:
+        shard.pop("num_examples")
+    manifest_lib.write_manifest(root, manifest)
+    with pytest.raises(pipeline.ShardError, match="read 384 records where the manifest lists 385"):
+        pipeline.read_packed_split(root, "train")
 
 
 # --- normalization ----------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Devices, the tf.distribute strategy, and the "auto" choices of precision and XLA.
 
-Every "auto" decision is returned with its reason, and the trainer logs both: on this project's
-CPU machines XLA made CancerNet 4-6x (up to 17x) slower and mixed_bfloat16 was no faster than
-float32 (benchmarks/train_step.py), so neither is ever assumed to help.
+Every "auto" decision is returned with its reason, and the trainer logs both. On CPU the choices
+were measured on this project's 2-core CPU machines by benchmarks/train_step.py: for CancerNet,
+XLA made the step 4-6x slower and mixed_bfloat16 2-3x slower than float32, so CPU runs stay
+float32 without XLA. On GPUs the choices follow the project's aim (CancerNet trained with XLA
+and mixed precision) and have NOT been measured in this project: the reason logged says so and
+names the command that measures them (`MEASURE_ON_GPU`).
 """
 
 import json
@@ -13,9 +16,10 @@ import tensorflow as tf
 
 from idc_engine.training.config import ConfigError
 
-# Models built from depthwise/separable convolutions, which XLA compiles poorly (measured 6-17x
-# slower on CPU; tensorflow/tensorflow#59772 reports the same on GPUs).
-DEPTHWISE_MODELS = ("cancernet", "mobilenet_v2")
+# What measures the GPU choices side by side (float32 vs mixed precision, XLA off vs on).
+MEASURE_ON_GPU = ("python -m benchmarks.train_step "
+                  "--settings=xla,mixed_float16,mixed_bfloat16,xla_mixed_float16,"
+                  "xla_mixed_bfloat16 --data_dir=DATA")
 
 
 def configure_cpu_devices(num_cpu_devices: int) -> None:
@@ -71,40 +75,69 @@ def device_kind() -> str:
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
 
-def _min_gpu_compute_capability() -> tuple[int, int] | None:
+def gpu_compute_capabilities() -> list[tuple[int, int] | None]:
+    """(major, minor) of every visible GPU, None where TensorFlow does not report it."""
     capabilities = []
     for gpu in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(gpu)
-        if "compute_capability" in details:
-            capabilities.append(tuple(details["compute_capability"]))
-    return min(capabilities) if capabilities else None
+        capability = details.get("compute_capability")
+        capabilities.append(tuple(capability) if capability else None)
+    return capabilities
 
 
-def resolve_precision(precision: str) -> tuple[str, str]:
-    """(keras mixed-precision policy name, reason)."""
+def _not_measured(choice: str) -> str:
+    return (f"{choice}; this GPU choice was not measured in this project: measure it with "
+            f"{MEASURE_ON_GPU}")
+
+
+def resolve_precision(precision: str,
+                      gpu_capabilities: list[tuple[int, int] | None] | None = None
+                      ) -> tuple[str, str]:
+    """(keras mixed-precision policy name, reason).
+
+    gpu_capabilities: compute capability of each GPU ([] on a CPU machine); None asks
+    TensorFlow. With several GPUs the lowest decides (every replica runs the same policy).
+    """
     if precision != "auto":
         return precision, "set by --precision"
-    if device_kind() == "CPU":
-        return "float32", ("CPU: mixed_bfloat16 measured no faster than float32 for CancerNet "
-                           "(benchmarks/train_step.py; 2-3x slower on CPUs without bfloat16 "
-                           "units, BRIEF.md section 5)")
-    capability = _min_gpu_compute_capability()
-    if capability and capability >= (7, 0):
-        return "mixed_float16", f"GPU compute capability {capability[0]}.{capability[1]} has tensor cores"
-    return "float32", f"GPU compute capability {capability} has no float16 tensor cores"
+    if gpu_capabilities is None:
+        gpu_capabilities = gpu_compute_capabilities()
+    if not gpu_capabilities:
+        return "float32", ("CPU: mixed_bfloat16 measured 2-3x slower than float32 for CancerNet "
+                           "on a 2-core CPU by benchmarks/train_step.py")
+    if None in gpu_capabilities:
+        return "float32", _not_measured("GPU compute capability unknown: float32")
+    capability = min(gpu_capabilities)
+    shown = f"{capability[0]}.{capability[1]}"
+    if capability >= (8, 0):
+        # Tensor cores of compute capability 8.0+ run bfloat16 as fast as float16; bfloat16 has
+        # float32's exponent range, so no loss scaling: no steps skipped on overflow and no
+        # cross-replica overflow check.
+        return "mixed_bfloat16", _not_measured(
+            f"GPU compute capability {shown}: bfloat16 tensor cores, as fast as float16 there "
+            "and without loss scaling")
+    if capability >= (7, 0):
+        return "mixed_float16", _not_measured(
+            f"GPU compute capability {shown}: float16 tensor cores (bfloat16 needs 8.0)")
+    return "float32", _not_measured(f"GPU compute capability {shown} has no tensor cores")
 
 
-def resolve_xla(xla: str, model_name: str) -> tuple[bool, str]:
-    """(jit_compile the per-replica step?, reason)."""
+def resolve_xla(xla: str, model_name: str, num_gpus: int | None = None) -> tuple[bool, str]:
+    """(jit_compile the per-replica step?, reason).
+
+    num_gpus: GPUs visible; None asks TensorFlow. `model_name` only appears in the reason: on a
+    GPU every model gets XLA.
+    """
     if xla != "auto":
         return xla == "on", "set by --xla"
-    if device_kind() == "CPU":
-        return False, "CPU: XLA measured 6-17x slower for CancerNet (separable convolutions)"
-    if model_name in DEPTHWISE_MODELS:
-        return False, (f"{model_name} is built from depthwise convolutions, which XLA compiles "
-                       "poorly on GPUs too (tensorflow/tensorflow#59772); measure with "
-                       "benchmarks.train_step and pass --xla=on if it wins")
-    return True, "GPU and a model of dense convolutions: XLA fuses its elementwise work"
+    if num_gpus is None:
+        num_gpus = len(tf.config.list_physical_devices("GPU"))
+    if num_gpus == 0:
+        return False, ("CPU: XLA measured 4-6x slower for CancerNet on a 2-core CPU by "
+                       "benchmarks/train_step.py")
+    # tensorflow/tensorflow#59772 and #60312 disagree on depthwise convolutions under XLA on
+    # GPUs (faster on some setups, much slower on one): only a measurement here can settle it.
+    return True, _not_measured(f"GPU: XLA on for {model_name}")
 
 
 def set_precision_policy(policy: str) -> None:
