@@ -18,8 +18,9 @@ setup: $(STAMP)
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash tools/demo.sh
 
+# One worker per core (pytest-xdist); see tests/conftest.py for what the workers share.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 lint: setup
 	$(VENV)/bin/ruff check idc_engine tools benchmarks tests

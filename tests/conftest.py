@@ -3,8 +3,11 @@
 Session-scoped so the whole suite generates and converts once; tests that modify data copy it.
 """
 
+import fcntl
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -65,16 +68,37 @@ TRAINED_FLAGS = ("--train_steps=60", "--global_batch_size=64", "--validation_eve
 @pytest.fixture(scope="session")
 def trained_model_dir(eval_data, tmp_path_factory):
     """model_dir of one short default-flag CancerNet run on `eval_data`, exported, its summary in
-    model_dir/summary.json. A subprocess: --deterministic switches TensorFlow's op determinism on
+    model_dir/summary.json; trained once for all the workers of `pytest -n` (their `eval_data`
+    are byte-identical). A subprocess: --deterministic switches TensorFlow's op determinism on
     for the whole process."""
     data_dir, _ = eval_data
-    model_dir = tmp_path_factory.mktemp("trained_model") / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "idc_engine.train", f"--data_dir={data_dir}",
-         f"--model_dir={model_dir}", *TRAINED_FLAGS], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (model_dir / "summary.json").write_text(result.stdout[result.stdout.index("\n{") + 1:])
-    return str(model_dir)
+
+    def train(model_dir):
+        result = subprocess.run(
+            [sys.executable, "-m", "idc_engine.train", f"--data_dir={data_dir}",
+             f"--model_dir={model_dir}", *TRAINED_FLAGS], capture_output=True, text=True,
+            timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (model_dir / "summary.json").write_text(result.stdout[result.stdout.index("\n{") + 1:])
+
+    return str(_once_for_all_workers(tmp_path_factory, "trained_model", train) / "run")
+
+
+def _once_for_all_workers(tmp_path_factory, name: str, build) -> pathlib.Path:
+    """A folder that build(folder / "run") fills once per test run: under pytest-xdist the
+    workers share it (the first builds it while the others wait on a lock)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's base folder, above each worker's own
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "complete").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder / "run")
+            (folder / "complete").touch()
+    return folder
 
 
 def read_records(path: str) -> list[dict]:
