@@ -1,9 +1,11 @@
 """Devices, the tf.distribute strategy, and the "auto" choices of precision and XLA.
 
 Every "auto" decision is returned with its reason, and the trainer logs both. On CPU the choices
-were measured on this project's 2-core CPU machines by benchmarks/train_step.py: for CancerNet,
-XLA made the step 4-6x slower and mixed_bfloat16 2-3x slower than float32, so CPU runs stay
-float32 without XLA. On GPUs the choices follow the project's aim (CancerNet trained with XLA
+were measured by benchmarks/train_step.py on this project's 2-core AMD EPYC (avx512_bf16, no
+AMX; docs/benchmarks/train_step.json): for CancerNet XLA ran at 0.06x float32's rate, so it
+stays off. mixed_bfloat16 ran 1.19x faster there, but what bfloat16 does to the trained model's
+accuracy has not been measured, and CPUs without bfloat16 instructions run it slower, so auto
+keeps float32 on CPU. On GPUs the choices follow the project's aim (CancerNet trained with XLA
 and mixed precision) and have NOT been measured in this project: the reason logged says so and
 names the command that measures them (`MEASURE_ON_GPU`).
 """
@@ -103,8 +105,9 @@ def resolve_precision(precision: str,
     if gpu_capabilities is None:
         gpu_capabilities = gpu_compute_capabilities()
     if not gpu_capabilities:
-        return "float32", ("CPU: mixed_bfloat16 measured 2-3x slower than float32 for CancerNet "
-                           "on a 2-core CPU by benchmarks/train_step.py")
+        return "float32", ("CPU: float32 (mixed_bfloat16 measured 1.19x faster on a 2-core AMD "
+                           "EPYC with avx512_bf16 by benchmarks/train_step.py; opt in with "
+                           "--precision=mixed_bfloat16, its effect on accuracy untested)")
     if None in gpu_capabilities:
         return "float32", _not_measured("GPU compute capability unknown: float32")
     capability = min(gpu_capabilities)
@@ -133,8 +136,8 @@ def resolve_xla(xla: str, model_name: str, num_gpus: int | None = None) -> tuple
     if num_gpus is None:
         num_gpus = len(tf.config.list_physical_devices("GPU"))
     if num_gpus == 0:
-        return False, ("CPU: XLA measured 4-6x slower for CancerNet on a 2-core CPU by "
-                       "benchmarks/train_step.py")
+        return False, ("CPU: XLA measured at 0.06x the rate without it for CancerNet on a "
+                       "2-core CPU by benchmarks/train_step.py")
     # tensorflow/tensorflow#59772 and #60312 disagree on depthwise convolutions under XLA on
     # GPUs (faster on some setups, much slower on one): only a measurement here can settle it.
     return True, _not_measured(f"GPU: XLA on for {model_name}")
