@@ -105,9 +105,9 @@ def resolve_precision(precision: str,
     if gpu_capabilities is None:
         gpu_capabilities = gpu_compute_capabilities()
     if not gpu_capabilities:
-        return "float32", ("CPU: float32 (mixed_bfloat16 measured 1.19x faster on a 2-core AMD "
-                           "EPYC with avx512_bf16 by benchmarks/train_step.py; opt in with "
-                           "--precision=mixed_bfloat16, its effect on accuracy untested)")
+        return "float32", ("CPU: mixed_bfloat16 measured 1.19x faster on a 2-core AMD EPYC "
+                           "with avx512_bf16 by benchmarks/train_step.py, its effect on accuracy "
+                           "untested: opt in with --precision=mixed_bfloat16")
     if None in gpu_capabilities:
         return "float32", _not_measured("GPU compute capability unknown: float32")
     capability = min(gpu_capabilities)
