@@ -34,6 +34,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from idc_engine import __version__, export, serving
+from idc_engine import manifest as manifest_lib
 from idc_engine.evaluation import slide_maps, thresholds
 
 FLAGS = flags.FLAGS
@@ -161,7 +162,6 @@ def read_patient_patches(data_dir: str, split: str, patient_ids) -> dict:
     shards the manifest lists for those patients."""
     import tensorflow as tf
 
-    from idc_engine import manifest as manifest_lib
     from idc_engine import pipeline
 
     manifest = manifest_lib.load_manifest(data_dir)
@@ -206,11 +206,7 @@ def _plain(value):
 
 
 def _write_json(path: str, value) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(_plain(value), f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    manifest_lib.write_json_atomically(path, _plain(value))
 
 
 def _write_csv(path: str, rows: list[dict], digits: int = 6) -> None:
@@ -386,7 +382,6 @@ def evaluate(config: EvaluateConfig) -> dict:
     """Runs the whole evaluation (see the module docstring); returns what metrics.json holds
     plus "summary_text". Raises EvaluationError or ManifestError naming what is wrong."""
     config.validate()
-    from idc_engine import manifest as manifest_lib
     from idc_engine import metrics as metrics_lib
     from idc_engine.evaluation import patients, plots
 

@@ -18,6 +18,7 @@ import os
 import keras
 import tensorflow as tf
 
+from idc_engine import manifest as manifest_lib
 from idc_engine import records
 from idc_engine.model_input import model_input
 
@@ -76,13 +77,7 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
 
 
 def write_threshold(export_dir: str, record: dict) -> str:
-    """Writes export_dir/threshold.json atomically (temporary name, fsync, rename); its path."""
+    """Writes export_dir/threshold.json atomically and durably; returns its path."""
     path = os.path.join(export_dir, THRESHOLD_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    manifest_lib.write_json_atomically(path, record)
     return path
