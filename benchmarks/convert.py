@@ -28,7 +28,8 @@ from absl import app, flags
 from PIL import Image
 
 from benchmarks.report import BenchmarkReport
-from idc_engine import convert, kaggle_tree, shard_writer, synthetic
+from idc_engine import convert
+from idc_engine.data import kaggle_tree, shard_writer, synthetic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input_dir", None, "A Kaggle-layout tree; default: generate a synthetic one.")

@@ -14,7 +14,7 @@ within each repetition so that all see the same machine load. The largest |diffe
 the SavedModel's and the Keras model's probabilities on the images is reported too.
 
 Without --model no training happens: an untrained CancerNet is exported with
-`idc_engine.export.export_model` (throughput does not depend on the weights' values). Without
+`idc_engine.training.export.export_model` (throughput does not depend on the weights' values). Without
 --data_dir the images are PNG patches of the embedded synthetic dataset (idc_engine.synthetic).
 """
 
@@ -52,7 +52,8 @@ _SYNTHETIC_STD = [43.724, 44.734, 28.9458]
 def export_untrained_cancernet(export_dir: str, image_size: int) -> None:
     import keras
 
-    from idc_engine import export, models
+    from idc_engine import models
+    from idc_engine.training import export
 
     keras.utils.set_random_seed(0)
     build = lambda: models.build_model("cancernet", (image_size, image_size, 3))
@@ -61,7 +62,7 @@ def export_untrained_cancernet(export_dir: str, image_size: int) -> None:
 
 def synthetic_png_files(work: str, count: int) -> list:
     """Paths of >= count PNG patches of a small synthetic Kaggle tree (quirk-free)."""
-    from idc_engine import kaggle_tree, synthetic
+    from idc_engine.data import kaggle_tree, synthetic
 
     root = os.path.join(work, "tree")
     patients = max(2, count // 150 + 1)
@@ -93,20 +94,23 @@ def main(argv) -> None:
     # TensorFlow's INFO lines (SavedModel writing, logged through absl) would bury the table
     absl_logging.set_verbosity(absl_logging.WARNING)
 
-    from idc_engine import pipeline, predict, serving
-    from idc_engine.model_input import model_input
+    from idc_engine import predict
+    from idc_engine.inference import serving
+    from idc_engine.input import pipeline
+    from idc_engine.models.preprocessing import model_input
+    from idc_engine.training import run_dir
 
     work = tempfile.mkdtemp(prefix="idc_bench_inference_")
     try:
         # --- the model -------------------------------------------------------------------------
         if FLAGS.model:
-            paths = predict.find_export(FLAGS.model)
+            paths = run_dir.find_export(FLAGS.model)
             model_source = paths.export_dir
         else:
             export_untrained_cancernet(os.path.join(work, "export"), FLAGS.image_size)
-            paths = predict.find_export(os.path.join(work, "export"))
+            paths = run_dir.find_export(os.path.join(work, "export"))
             model_source = f"untrained CancerNet {FLAGS.image_size}x{FLAGS.image_size} (export_model)"
-        pre = predict.load_preprocessing(paths)
+        pre = run_dir.load_preprocessing(paths)
         served = serving.ServedModel(paths.saved_model)
         model = keras.saving.load_model(paths.keras)
         size, mean, std = int(pre["image_size"]), pre["channel_mean"], pre["channel_std"]
@@ -147,7 +151,7 @@ def main(argv) -> None:
             x = model_input(images, size, mean, std)
             return model.predict(x, batch_size=batch_size, verbose=0)[:, 1]
 
-        threshold = predict.DEFAULT_THRESHOLD
+        threshold = run_dir.DEFAULT_THRESHOLD
 
         def run_predict_files():
             for _ in predict.predict_files(served, png_files, threshold, 256, FLAGS.decode_threads):

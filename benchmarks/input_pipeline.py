@@ -91,7 +91,7 @@ OUTPUTS = {
 # --- data --------------------------------------------------------------------------------------
 
 def synthetic_png_tree(root: str) -> str:
-    from idc_engine import synthetic
+    from idc_engine.data import synthetic
 
     png_dir = os.path.join(root, "png")
     done = os.path.join(root, "png.done")
@@ -108,7 +108,8 @@ def synthetic_png_tree(root: str) -> str:
 
 def converted(png_dir: str, output_dir: str, image_encoding: str = "raw") -> str:
     """Converts once; a later run reuses a directory whose manifest exists."""
-    from idc_engine import convert, manifest
+    from idc_engine import convert
+    from idc_engine.data import manifest
 
     if not os.path.exists(manifest.manifest_path(output_dir)):
         logging.info("converting %s -> %s (%s)", png_dir, output_dir, image_encoding)
@@ -125,7 +126,7 @@ def written_patch_files(png_dir: str, manifest: dict, split: str) -> list[tuple[
     converted), and a patch none of whose copies decoded was never written. So: the split's
     patients' patches, each from its first copy not skipped, those with none left out.
     """
-    from idc_engine import kaggle_tree
+    from idc_engine.data import kaggle_tree
 
     patients = set(manifest["splits"][split]["patients"])
     skipped = {entry["path"] for entry in manifest.get("skipped", [])}
@@ -210,7 +211,7 @@ RESIDENT_CHILD = """
 import json, sys, time
 start = time.perf_counter()
 import tensorflow as tf
-from idc_engine import pipeline
+from idc_engine.input import pipeline
 data_dir, split, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sampler = pipeline.make_device_resident_sampler(data_dir, split, batch, seed=0)
 ready = time.perf_counter()
@@ -225,7 +226,7 @@ def train_only_view(data_dir: str, root: str) -> str:
     splits), so a training run on it has no validation to add to its memory or time."""
     import json
 
-    from idc_engine import manifest as manifest_lib
+    from idc_engine.data import manifest as manifest_lib
 
     manifest = manifest_lib.load_manifest(data_dir)
     manifest["splits"] = {"train": manifest["splits"]["train"]}
@@ -266,7 +267,7 @@ def resident_footprint(data_dir: str, split: str, batch_size: int, work_dir: str
     runs (another one measures that version the same way)."""
     import json
 
-    from idc_engine import manifest as manifest_lib
+    from idc_engine.data import manifest as manifest_lib
 
     python = sys.executable
     num_examples = manifest_lib.split_info(manifest_lib.load_manifest(data_dir), split,
@@ -405,7 +406,7 @@ def baseline_dataset(class_root: str, batch_size: int):
 def time_pipelines(report, data_dir: str, png_dir: str | None, manifest: dict, paths: list,
                    data_root: str) -> None:
     """Every pipeline's img/s and their ratios into `report` (see the module docstring)."""
-    from idc_engine import pipeline
+    from idc_engine.input import pipeline
 
     batch = FLAGS.batch_size
     options = dict(shuffle_buffer=FLAGS.shuffle_buffer, cycle_length=FLAGS.cycle_length, seed=0)
@@ -448,7 +449,7 @@ def main(argv) -> None:
     import tensorflow as tf
 
     from benchmarks.report import BenchmarkReport
-    from idc_engine import manifest as manifest_lib
+    from idc_engine.data import manifest as manifest_lib
 
     output_dir = FLAGS.output_dir
     data_root = os.path.join(output_dir, "data")

@@ -61,9 +61,10 @@ def run_fit(data_dir: str, model_name: str, batch_size: int, window_steps: int,
     import keras
     import tensorflow as tf
 
-    from idc_engine import manifest as manifest_lib
-    from idc_engine import models, pipeline
-    from idc_engine.model_input import model_input
+    from idc_engine import models
+    from idc_engine.data import manifest as manifest_lib
+    from idc_engine.input import pipeline
+    from idc_engine.models.preprocessing import model_input
 
     if window_steps % steps_per_execution:
         raise app.UsageError(f"--window_steps={window_steps} must be a multiple of "

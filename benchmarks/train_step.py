@@ -322,7 +322,7 @@ def pipeline_rates(data_dir: str, repeats: int) -> dict[str, tuple[float, list[f
     import gc
 
     from benchmarks.input_pipeline import dataset_steps, sampler_steps
-    from idc_engine import pipeline
+    from idc_engine.input import pipeline
 
     batch = FLAGS.global_batch_size
     builders = {
@@ -357,7 +357,8 @@ def _timed_drain(run, batch: int, repeats: int) -> tuple[float, list[float]]:
 # --- data --------------------------------------------------------------------------------------
 
 def synthetic_data(work: str) -> str:
-    from idc_engine import convert, manifest, synthetic
+    from idc_engine import convert
+    from idc_engine.data import manifest, synthetic
 
     tree, data_dir = os.path.join(work, "tree"), os.path.join(work, "tfrecords")
     if not os.path.exists(manifest.manifest_path(data_dir)):
@@ -480,7 +481,7 @@ def add_ratio(report, key: str, runs: dict, numerator: str, denominator: str,
 def write_report(settings: list[Setting], runs: dict, pipelines: dict, data_dir: str,
                  config: dict):
     from benchmarks.report import BenchmarkReport
-    from idc_engine import manifest as manifest_lib
+    from idc_engine.data import manifest as manifest_lib
 
     manifest = manifest_lib.load_manifest(data_dir)
     report = BenchmarkReport("train_step", FLAGS.output_dir, config={

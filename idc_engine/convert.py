@@ -9,7 +9,7 @@ folder) -> commit: the staging folder becomes `shards-<id>/`, then `manifest.jso
 atomically, then the previous conversion's files are removed (commit_conversion). At every
 instant the output directory holds one complete conversion, the previous one or the new one; a
 first run stopped at any point leaves no manifest, so nothing that looks complete. Record schema:
-idc_engine/records.py; manifest layout: idc_engine/manifest.py.
+idc_engine/data/records.py; manifest layout: idc_engine/data/manifest.py.
 """
 
 import collections
@@ -27,8 +27,9 @@ import time
 from absl import app, flags
 
 import idc_engine
-from idc_engine import kaggle_tree, records, shard_writer, splits
-from idc_engine import manifest as manifest_lib
+from idc_engine import errors
+from idc_engine.data import kaggle_tree, records, shard_writer, splits
+from idc_engine.data import manifest as manifest_lib
 
 # A conversion writes its shards under STAGING_PREFIX + id, renamed SHARD_DIR_PREFIX + id when
 # all are written; id: 8 hex digits, new for each conversion (new_conversion_id).
@@ -41,12 +42,12 @@ _TOP_LEVEL_SHARD = re.compile(r"(train|val|test)-\d{5}-of-\d{5}\.tfrecord")
 # this CLI module: multiprocessing makes every worker run the parent's __main__ again, which is
 # quicker with absl already loaded. (Not this module itself: runpy warns when the module it is
 # about to run as __main__ is already imported.)
-WORKER_PRELOAD = ["idc_engine.shard_writer", "idc_engine.kaggle_tree", "idc_engine.splits",
-                  "idc_engine.manifest", "absl.app", "absl.flags"]
+WORKER_PRELOAD = ["idc_engine.data.shard_writer", "idc_engine.data.kaggle_tree", "idc_engine.data.splits",
+                  "idc_engine.data.manifest", "absl.app", "absl.flags"]
 IMAGE_ENCODINGS = ("raw", "png")
 
 
-class ConversionError(RuntimeError):
+class ConversionError(errors.EngineError, RuntimeError):
     """The conversion cannot go on; the message says which file or flag and what to do."""
 
 
@@ -471,7 +472,7 @@ def main(argv) -> int:
     if not f.output_dir:
         raise app.UsageError("--output_dir is required")
     if f.verify:
-        from idc_engine import verify  # TensorFlow is needed only here
+        from idc_engine.data import verify  # TensorFlow is needed only here
         problems = verify.verify_conversion(f.output_dir)
         if problems:
             print(f"{f.output_dir}: {len(problems)} problems", file=sys.stderr)

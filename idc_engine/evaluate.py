@@ -33,15 +33,18 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from idc_engine import __version__, export, serving
-from idc_engine import manifest as manifest_lib
-from idc_engine.evaluation import slide_maps, thresholds
+from idc_engine import __version__, errors
+from idc_engine.data import manifest as manifest_lib
+from idc_engine.evaluation import slide_maps
+from idc_engine.inference import serving
+from idc_engine.scoring import thresholds
+from idc_engine.training import run_dir
 
 FLAGS = flags.FLAGS
-THRESHOLD_FILE = export.THRESHOLD_FILE  # in model_dir/export; python -m idc_engine.predict reads it
+THRESHOLD_FILE = run_dir.THRESHOLD_FILE  # in model_dir/export; python -m idc_engine.predict reads it
 
 
-class EvaluationError(ValueError):
+class EvaluationError(errors.EngineError, ValueError):
     """An evaluation that cannot run as asked; the message names the flag or path."""
 
 
@@ -162,7 +165,7 @@ def read_patient_patches(data_dir: str, split: str, patient_ids) -> dict:
     shards the manifest lists for those patients."""
     import tensorflow as tf
 
-    from idc_engine import pipeline
+    from idc_engine.input import pipeline
 
     manifest = manifest_lib.load_manifest(data_dir)
     info = manifest_lib.split_info(manifest, split, data_dir)
@@ -382,8 +385,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     """Runs the whole evaluation (see the module docstring); returns what metrics.json holds
     plus "summary_text". Raises EvaluationError or ManifestError naming what is wrong."""
     config.validate()
-    from idc_engine import metrics as metrics_lib
     from idc_engine.evaluation import patients, plots
+    from idc_engine.scoring import metrics as metrics_lib
 
     manifest = manifest_lib.load_manifest(config.data_dir)
     manifest_lib.split_info(manifest, config.split, config.data_dir)
@@ -422,7 +425,7 @@ def evaluate(config: EvaluateConfig) -> dict:
                         **{k: v for k, v in details.items() if k != "rule"},
                         "model_step": step, "data_dir": os.path.abspath(config.data_dir),
                         "created_at": datetime.datetime.now().isoformat(timespec="seconds")}
-    threshold_file = export.write_threshold(os.path.join(config.model_dir, "export"),
+    threshold_file = run_dir.write_threshold(os.path.join(config.model_dir, "export"),
                                             _plain(threshold_record))
 
     # --- predictions on the evaluated split --------------------------------------------------------
@@ -544,7 +547,7 @@ def main(argv) -> int:
     absl_logging.get_absl_logger().addFilter(
         lambda record: record.levelno >= std_logging.WARNING or "idc_engine" in record.pathname)
     std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
-    from idc_engine.manifest import ManifestError  # TensorFlow loads only past this point
+    from idc_engine.data.manifest import ManifestError  # TensorFlow loads only past this point
     try:
         result = evaluate(config)
     except (EvaluationError, ManifestError) as e:

@@ -41,7 +41,9 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from idc_engine import predict, records
+from idc_engine import predict
+from idc_engine.data import records
+from idc_engine.training import run_dir
 
 FLAGS = flags.FLAGS
 
@@ -61,25 +63,25 @@ class Explainer:
     image_size: int
     mean: list
     std: list
-    threshold: predict.Threshold
+    threshold: run_dir.Threshold
 
     @classmethod
     def from_export(cls, model_path: str, threshold: float | None = None) -> "Explainer":
         """--model as predict takes it (model_dir, export dir or saved_model dir)."""
         import keras
 
-        paths = predict.find_export(model_path)
+        paths = run_dir.find_export(model_path)
         if not os.path.isfile(paths.keras):
-            raise predict.ModelNotFoundError(f"{paths.keras!r} is missing: explanations need the "
+            raise run_dir.ModelNotFoundError(f"{paths.keras!r} is missing: explanations need the "
                                              "Keras model of the export")
-        pre = predict.load_preprocessing(paths)
+        pre = run_dir.load_preprocessing(paths)
         return cls(keras.saving.load_model(paths.keras), int(pre["image_size"]),
                    list(pre["channel_mean"]), list(pre["channel_std"]),
-                   predict.load_threshold(paths, threshold))
+                   run_dir.load_threshold(paths, threshold))
 
     def inputs(self, images):
-        """uint8 [N, 50, 50, 3] -> what the model eats (idc_engine.model_input)."""
-        from idc_engine.model_input import model_input
+        """uint8 [N, 50, 50, 3] -> what the model eats (idc_engine.models.preprocessing)."""
+        from idc_engine.models.preprocessing import model_input
 
         return model_input(images, self.image_size, self.mean, self.std)
 
@@ -422,8 +424,8 @@ def select_records(probabilities, labels, count: int, selection: str, threshold:
 
 def items_from_split(explainer: Explainer, data_dir: str, split: str, count: int,
                      selection: str, seed: int = 0) -> list:
-    from idc_engine import manifest as manifest_lib
-    from idc_engine import pipeline
+    from idc_engine.data import manifest as manifest_lib
+    from idc_engine.input import pipeline
 
     arrays = pipeline.load_split_arrays(data_dir, split, with_metadata=True)
     probabilities = None
@@ -558,7 +560,7 @@ def main(argv) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from idc_engine.manifest import ManifestError
+    from idc_engine.data.manifest import ManifestError
 
     listing = predict.list_inputs(paths)
     items = items_from_files(listing.files)

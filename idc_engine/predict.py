@@ -39,7 +39,6 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
-import json
 import logging as std_logging
 import os
 import re
@@ -51,99 +50,20 @@ from absl import app, flags
 from absl import logging as absl_logging
 from PIL import Image
 
-from idc_engine import export, kaggle_tree, records, serving, shard_writer
+from idc_engine.data import kaggle_tree, records, shard_writer
+from idc_engine.inference import serving
+from idc_engine.training.run_dir import THRESHOLD_FILE, Threshold, find_export, load_threshold
 
 FLAGS = flags.FLAGS
 
 CSV_COLUMNS = ("path", "idc_probability", "predicted_label", "error", "height", "width",
                "patient_id", "x", "y", "label", "note")
-DEFAULT_THRESHOLD = 0.5
-THRESHOLD_FILE = export.THRESHOLD_FILE
 TOO_LARGE = (f"larger than {records.PATCH_SIZE}x{records.PATCH_SIZE} "
              "(use the converter's patch size)")
 # Above this size a file cannot be a 50x50 patch in any sane encoding: its header is read first,
 # so a whole-slide image given by mistake is refused without decoding it.
 _HEADER_CHECK_BYTES = 1 << 20
 _FILES_PER_TASK = 64            # files decoded per thread-pool task (amortizes task overhead)
-
-
-class ModelNotFoundError(ValueError):
-    """--model does not lead to an export; the message says what was looked for."""
-
-
-# --- the model ---------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class ExportPaths:
-    """The artefacts of one export (idc_engine/export.py); some may be absent."""
-    export_dir: str
-    saved_model: str
-    keras: str
-    preprocessing: str
-    threshold: str
-
-
-def find_export(model: str) -> ExportPaths:
-    """--model (a model_dir, its export/ dir, or a saved_model dir) -> the export's paths.
-
-    Raises ModelNotFoundError naming what was looked for when there is no SavedModel.
-    """
-    model = os.path.abspath(os.path.expanduser(model))
-    candidates = [model, os.path.join(model, "export")]
-    for export_dir in candidates:
-        if os.path.isfile(os.path.join(export_dir, "saved_model", "saved_model.pb")):
-            break
-    else:
-        if os.path.isfile(os.path.join(model, "saved_model.pb")):  # export/saved_model itself
-            export_dir = os.path.dirname(model)
-        else:
-            raise ModelNotFoundError(
-                f"--model={model!r}: no SavedModel at {model}/export/saved_model, "
-                f"{model}/saved_model or {model}; give a training run's --model_dir or its "
-                "export/ folder (python -m idc_engine.train writes it at the end)")
-    return ExportPaths(export_dir, os.path.join(export_dir, "saved_model"),
-                       os.path.join(export_dir, "model.keras"),
-                       os.path.join(export_dir, "preprocessing.json"),
-                       os.path.join(export_dir, THRESHOLD_FILE))
-
-
-@dataclasses.dataclass(frozen=True)
-class Threshold:
-    value: float
-    source: str          # the threshold.json path, "--threshold", or "default"
-
-    def describe(self) -> str:
-        if self.source == "default":
-            return (f"{self.value:g} (default: no {THRESHOLD_FILE} in the export; training "
-                    "and python -m idc_engine.evaluate choose one on the validation split)")
-        return f"{self.value:g} (from {self.source})"
-
-
-def load_threshold(paths: ExportPaths, override: float | None = None) -> Threshold:
-    """The decision threshold: `override`, else threshold.json's "threshold", else 0.5.
-
-    Raises ValueError for a threshold.json without a usable "threshold" in [0, 1].
-    """
-    if override is not None:
-        value, source = float(override), "--threshold"
-    elif os.path.isfile(paths.threshold):
-        try:
-            with open(paths.threshold) as f:
-                value = float(json.load(f)["threshold"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{paths.threshold!r} has no usable \"threshold\" ({e!r})") from None
-        source = paths.threshold
-    else:
-        value, source = DEFAULT_THRESHOLD, "default"
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"threshold {value} (from {source}) is not in [0, 1]")
-    return Threshold(value, source)
-
-
-def load_preprocessing(paths: ExportPaths) -> dict:
-    """preprocessing.json: {"image_size", "channel_mean", "channel_std"} that model.keras expects."""
-    with open(paths.preprocessing) as f:
-        return json.load(f)
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -355,9 +275,9 @@ def padded_sizes(manifest: dict) -> dict:
 def predict_split(predictor, data_dir: str, split: str, threshold: float, batch_size: int = 256):
     """Yields one CSV row per record of a converted split, in file order (deterministic).
 
-    Raises ManifestError / ShardError (idc_engine.pipeline) for a missing or corrupt split.
+    Raises ManifestError / ShardError (idc_engine.input.pipeline) for a missing or corrupt split.
     """
-    from idc_engine import manifest as manifest_lib
+    from idc_engine.data import manifest as manifest_lib
 
     sizes = padded_sizes(manifest_lib.load_manifest(data_dir))
     predictions = serving.predict_split(predictor, data_dir, split, batch_size)
@@ -500,7 +420,7 @@ def main(argv) -> int:
                              paths.export_dir, threshold.value)
     # TensorFlow's INFO chatter through absl would drown the summary
     std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
-    from idc_engine.manifest import ManifestError  # TensorFlow loads only past this point
+    from idc_engine.data.manifest import ManifestError  # TensorFlow loads only past this point
 
     predictor = serving.ServedModel(paths.saved_model)
     listing = None

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from idc_engine import convert, synthetic
+from idc_engine import convert
+from idc_engine.data import synthetic
 
 # TensorFlow's C++ start-up lines, to drop from a subprocess's stderr before reading it.
 TF_STARTUP_LINES = ("WARNING: All log messages", "I0000", "W0000", "E0000", "To enable the following")

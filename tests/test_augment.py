@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from idc_engine import augment
+from idc_engine.input import augment
 
 BATCH = 32
 

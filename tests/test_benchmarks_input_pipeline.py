@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from absl import app
 
-from idc_engine import manifest as manifest_lib
-from idc_engine import records
+from idc_engine.data import manifest as manifest_lib
+from idc_engine.data import records
 
 # benchmarks/ is a folder of the repository, not part of the installed package
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,9 +15,11 @@ from cli_flags import check_every_flag_is_documented
 from conftest import read_records, shard_paths
 from PIL import Image
 
-from idc_engine import convert, kaggle_tree, pipeline, shard_writer, splits, synthetic, verify
-from idc_engine import manifest as manifest_lib
-from idc_engine.manifest import MANIFEST_NAME, MANIFEST_TEMPORARY_NAME, load_manifest
+from idc_engine import convert
+from idc_engine.data import kaggle_tree, shard_writer, splits, synthetic, verify
+from idc_engine.data import manifest as manifest_lib
+from idc_engine.data.manifest import MANIFEST_NAME, MANIFEST_TEMPORARY_NAME, load_manifest
+from idc_engine.input import pipeline
 
 
 def _all_records(output_dir, manifest):

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from idc_engine import direct_file
+from idc_engine.data import direct_file
 
 
 @pytest.mark.parametrize("direct", [True, False])

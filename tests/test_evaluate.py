@@ -19,12 +19,13 @@ from cli_flags import check_every_flag_is_documented
 from conftest import read_records, shard_paths
 from sklearn import metrics as sk
 
-from idc_engine import manifest as manifest_lib
-from idc_engine import metrics as metrics_lib
-from idc_engine import records
+from idc_engine.data import manifest as manifest_lib
+from idc_engine.data import records
+from idc_engine.data.manifest import ManifestError
 from idc_engine.evaluate import EvaluateConfig, EvaluationError, evaluate
-from idc_engine.evaluation import patients, plots, thresholds
-from idc_engine.manifest import ManifestError
+from idc_engine.evaluation import patients, plots
+from idc_engine.scoring import metrics as metrics_lib
+from idc_engine.scoring import thresholds
 
 FIGURES = ("confusion_matrix", "roc", "precision_recall", "calibration", "patients", "threshold",
            "training_curves")
@@ -350,7 +351,7 @@ def test_evaluation_rows_and_metrics_match_the_shards_and_textbook_formulas(eval
                                                                            eval_data):
     """predictions.csv holds every test patch once, with the label in its shard and the
     probability the exported model gives its image; the reported metrics equal textbook formulas
-    on those rows (not idc_engine.metrics again)."""
+    on those rows (not idc_engine.scoring.metrics again)."""
     data_dir, manifest = eval_data
     labels, probs, rows = _predictions(evaluation["output_dir"])
     records = [r for path in shard_paths(data_dir, manifest, "test") for r in read_records(path)]

@@ -12,7 +12,9 @@ import pytest
 from conftest import TF_STARTUP_LINES, read_records, shard_paths
 from PIL import Image
 
-from idc_engine import explain, predict, serving
+from idc_engine import explain
+from idc_engine.inference import serving
+from idc_engine.training import run_dir
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +56,7 @@ def test_grad_cam_heatmaps_are_patch_sized_in_range_and_not_constant(explainer, 
 def test_keras_probabilities_agree_with_the_saved_model(trained_model_dir, explainer,
                                                         val_patches):
     images, _ = val_patches
-    served = serving.ServedModel(predict.find_export(trained_model_dir).saved_model)
+    served = serving.ServedModel(run_dir.find_export(trained_model_dir).saved_model)
     np.testing.assert_allclose(explainer.probabilities(images, batch_size=50), served(images),
                                rtol=1e-5, atol=1e-6)
 

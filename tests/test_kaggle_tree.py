@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from idc_engine import convert, kaggle_tree
-from idc_engine.kaggle_tree import PatchName, parse_patch_name
+from idc_engine import convert
+from idc_engine.data import kaggle_tree
+from idc_engine.data.kaggle_tree import PatchName, parse_patch_name
 
 
 @pytest.mark.parametrize("name, expected", [

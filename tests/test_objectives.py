@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from idc_engine import metrics
+from idc_engine.scoring import metrics
 from idc_engine.training import objectives
 from idc_engine.training.config import ConfigError, TrainConfig
 

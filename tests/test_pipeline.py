@@ -1,4 +1,4 @@
-"""The input pipeline on real (tiny) TFRecord shards written with idc_engine.records."""
+"""The input pipeline on real (tiny) TFRecord shards written with idc_engine.data.records."""
 
 import io
 import json
@@ -12,9 +12,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from idc_engine import manifest as manifest_lib
-from idc_engine import pipeline, records
-from idc_engine.manifest import ManifestError
+from idc_engine.data import manifest as manifest_lib
+from idc_engine.data import records
+from idc_engine.data.manifest import ManifestError
+from idc_engine.input import pipeline
+from idc_engine.models import preprocessing
 
 # 8 patients, 4 shards of 2 patients each; each shard stores its patients one after the other,
 # the worst case for mixing: only the pipeline's shuffling can mix patients in a batch.
@@ -36,7 +38,7 @@ def patch_key(patient: str, k: int) -> tuple:
 
 def write_converted(root, shard_patients=SHARD_PATIENTS, image_encoding="raw",
                     split="train", with_sizes=True) -> dict:
-    """A converted directory with one split, the layout of idc_engine.manifest; returns it."""
+    """A converted directory with one split, the layout of idc_engine.data.manifest; returns it."""
     os.makedirs(root, exist_ok=True)
     shards = []
     for index, patients in enumerate(shard_patients):
@@ -404,12 +406,12 @@ def test_read_packed_split_names_a_shard_with_records_missing(tmp_path):
 def test_to_float_and_normalize_uses_manifest_statistics(data_dir):
     mean, std = pipeline.channel_mean_std(manifest_lib.load_manifest(data_dir))
     images = tf.constant(np.random.default_rng(1).integers(0, 256, (4, 50, 50, 3), np.uint8))
-    fn = tf.function(lambda x: pipeline.to_float_and_normalize(x, mean, std), jit_compile=True)
+    fn = tf.function(lambda x: preprocessing.to_float_and_normalize(x, mean, std), jit_compile=True)
     out = fn(images).numpy()
     expected = (images.numpy().astype(np.float32) - np.array(MEAN)) / np.array(STD)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     assert out.dtype == np.float32
-    half = pipeline.to_float_and_normalize(images, mean, std, dtype=tf.bfloat16)
+    half = preprocessing.to_float_and_normalize(images, mean, std, dtype=tf.bfloat16)
     assert half.dtype == tf.bfloat16
 
 
@@ -431,7 +433,7 @@ def test_mirrored_strategy_over_two_logical_cpus(data_dir):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from idc_engine import pipeline
+        from idc_engine.input import pipeline
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         for cache in (False, True):
             dataset = strategy.distribute_datasets_from_function(

@@ -18,12 +18,15 @@ from cli_flags import check_every_flag_is_documented
 from conftest import TF_STARTUP_LINES, read_records, shard_paths
 from PIL import Image
 
-from idc_engine import kaggle_tree, predict, records, serving
+from idc_engine import predict
+from idc_engine.data import kaggle_tree, records
+from idc_engine.inference import serving
+from idc_engine.training import run_dir
 
 
 @pytest.fixture(scope="session")
 def predictor(trained_model_dir):
-    return serving.ServedModel(predict.find_export(trained_model_dir).saved_model)
+    return serving.ServedModel(run_dir.find_export(trained_model_dir).saved_model)
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +187,7 @@ def test_list_inputs_walks_folders_sorted_and_skips_litter(tmp_path):
 
 def test_threshold_json_is_respected(idc_tree, trained_model_dir, tmp_path):
     export = tmp_path / "export"
-    shutil.copytree(predict.find_export(trained_model_dir).export_dir, export)
+    shutil.copytree(run_dir.find_export(trained_model_dir).export_dir, export)
     root, _ = idc_tree
     listing = predict.list_inputs([root])
     files = listing.files[:300]
@@ -194,7 +197,7 @@ def test_threshold_json_is_respected(idc_tree, trained_model_dir, tmp_path):
     chosen = float(np.quantile(probabilities, 0.7))  # a threshold that splits these patches
     (export / "threshold.json").write_text(json.dumps({"threshold": chosen, "metric": "idc_f1"}))
 
-    threshold = predict.load_threshold(predict.find_export(str(export)))
+    threshold = run_dir.load_threshold(run_dir.find_export(str(export)))
     assert threshold.value == chosen and threshold.source == str(export / "threshold.json")
     output = tmp_path / "p.csv"
     result = _cli(f"--model={export}", f"--output={output}", *files)
@@ -206,12 +209,12 @@ def test_threshold_json_is_respected(idc_tree, trained_model_dir, tmp_path):
     assert 0 < labels.sum() < len(labels) and labels.sum() != (p >= 0.5).sum()
     assert f"threshold {chosen:g} (from {export / 'threshold.json'})" in result.stdout
 
-    assert predict.load_threshold(predict.find_export(str(export)), override=0.9).value == 0.9
+    assert run_dir.load_threshold(run_dir.find_export(str(export)), override=0.9).value == 0.9
     (export / "threshold.json").write_text(json.dumps({"thresh": 0.3}))
     with pytest.raises(ValueError, match="no usable \"threshold\""):
-        predict.load_threshold(predict.find_export(str(export)))
+        run_dir.load_threshold(run_dir.find_export(str(export)))
     os.remove(export / "threshold.json")
-    threshold = predict.load_threshold(predict.find_export(str(export)))
+    threshold = run_dir.load_threshold(run_dir.find_export(str(export)))
     assert (threshold.value, threshold.source) == (0.5, "default")
     assert "default: no threshold.json" in threshold.describe()
 
@@ -219,10 +222,10 @@ def test_threshold_json_is_respected(idc_tree, trained_model_dir, tmp_path):
 def test_model_may_be_the_model_dir_the_export_or_the_saved_model(trained_model_dir, tmp_path):
     export = os.path.join(trained_model_dir, "export")
     for given in (trained_model_dir, export, os.path.join(export, "saved_model")):
-        paths = predict.find_export(given)
+        paths = run_dir.find_export(given)
         assert paths.export_dir == export and paths.keras == os.path.join(export, "model.keras")
-    with pytest.raises(predict.ModelNotFoundError, match="no SavedModel"):
-        predict.find_export(str(tmp_path))
+    with pytest.raises(run_dir.ModelNotFoundError, match="no SavedModel"):
+        run_dir.find_export(str(tmp_path))
 
 
 # --- a converted split -----------------------------------------------------------------------
@@ -250,7 +253,7 @@ def test_cli_reads_a_converted_split(converted, trained_model_dir, predictor, tm
 
 
 def test_a_missing_split_fails_before_any_csv_is_left(predictor, tmp_path):
-    from idc_engine.manifest import ManifestError
+    from idc_engine.data.manifest import ManifestError
 
     with pytest.raises(ManifestError, match="does not exist"):
         predict.write_csv(predict.predict_split(predictor, str(tmp_path / "none"), "test", 0.5),
@@ -267,8 +270,9 @@ def test_saved_model_agrees_with_the_in_memory_keras_model(tmp_path, image_size)
     uint8 patches, the in-memory model and the reloaded .keras model on model_input agree."""
     import keras
 
-    from idc_engine import export, models
-    from idc_engine.model_input import model_input
+    from idc_engine import models
+    from idc_engine.models.preprocessing import model_input
+    from idc_engine.training import export
 
     keras.utils.set_random_seed(1)
     build = lambda: models.build_model("cancernet", (image_size, image_size, 3))
@@ -284,7 +288,7 @@ def test_saved_model_agrees_with_the_in_memory_keras_model(tmp_path, image_size)
     served = serving.ServedModel(paths["saved_model"])(images)
     in_memory = model(model_input(images, image_size, mean, std), training=False).numpy()[:, 1]
     reloaded = keras.saving.load_model(paths["keras"])
-    pre = predict.load_preprocessing(predict.find_export(str(tmp_path / "export")))
+    pre = run_dir.load_preprocessing(run_dir.find_export(str(tmp_path / "export")))
     from_file = reloaded(model_input(images, pre["image_size"], pre["channel_mean"],
                                      pre["channel_std"]), training=False).numpy()[:, 1]
     assert served.shape == (37,) and served.dtype == np.float32
@@ -301,12 +305,12 @@ def test_trained_export_agrees_with_its_keras_model_on_real_patches(converted, t
                                                                     predictor):
     import keras
 
-    from idc_engine.model_input import model_input
+    from idc_engine.models.preprocessing import model_input
 
     data_dir, manifest = converted
     images = np.stack([r["image"] for r in read_records(shard_paths(data_dir, manifest, "val")[0])])
-    paths = predict.find_export(trained_model_dir)
-    pre = predict.load_preprocessing(paths)
+    paths = run_dir.find_export(trained_model_dir)
+    pre = run_dir.load_preprocessing(paths)
     model = keras.saving.load_model(paths.keras)
     direct = model(model_input(images, pre["image_size"], pre["channel_mean"], pre["channel_std"]),
                    training=False).numpy()[:, 1]

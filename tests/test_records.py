@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from idc_engine import records
+from idc_engine.data import records
 
 
 def test_hand_encoded_example_equals_tensorflows(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from idc_engine import kaggle_tree
+from idc_engine.data import kaggle_tree
 from idc_engine.evaluation import slide_maps
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from idc_engine import splits
+from idc_engine.data import splits
 
 
 def _ratios(n, seed=0):

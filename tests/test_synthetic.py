@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from idc_engine import synthetic
+from idc_engine.data import synthetic
 
 NAME_RE = re.compile(r"^(\d+)_idx5_x(\d+)_y(\d+)_class([01])\.png$")
 SMALL = dict(num_patients=5, seed=3, min_patches=60, max_patches=140)
@@ -281,7 +281,7 @@ def test_command_line_writes_a_tree_and_reports_speed(tmp_path):
 
 
 def test_importing_defines_no_flags_and_no_tensorflow():
-    code = ("import sys; from absl import flags; import idc_engine.synthetic; "
+    code = ("import sys; from absl import flags; import idc_engine.data.synthetic; "
             "assert 'output_dir' not in flags.FLAGS; assert 'tensorflow' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             timeout=60)

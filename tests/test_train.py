@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from idc_engine import pipeline, serving
+from idc_engine.inference import serving
+from idc_engine.input import pipeline
 from idc_engine.training import loop
 from idc_engine.training.config import ConfigError, TrainConfig
 
@@ -254,7 +255,7 @@ def test_config_tensorboard_and_export(converted, tmp_path):
     # the SavedModel takes uint8 patches and agrees with the .keras model plus preprocessing
     import keras
 
-    from idc_engine.model_input import model_input
+    from idc_engine.models.preprocessing import model_input
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (7, 50, 50, 3), dtype=np.uint8)
     served = tf.saved_model.load(summary["export"]["saved_model"]).signatures["serving_default"]
@@ -280,7 +281,7 @@ def test_importing_the_engine_starts_no_tensorflow_runtime():
     """MultiWorkerMirroredStrategy and logical CPU devices must be set up before the first op;
     a module that runs an op at import (a module-level tf.constant) breaks both."""
     code = ("import tensorflow as tf\n"
-            "import idc_engine.training.loop, idc_engine.export, idc_engine.train\n"
+            "import idc_engine.training.loop, idc_engine.training.export, idc_engine.train\n"
             "cpu = tf.config.list_physical_devices('CPU')[0]\n"
             "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
             "print(len(tf.config.list_logical_devices('CPU')))\n")

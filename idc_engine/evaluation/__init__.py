@@ -5,5 +5,5 @@
     plots.py        ROC, PR, calibration, confusion matrix, patients, training curves (PNG)
     slide_maps.py   a patient's slide reassembled from patch (x, y): tissue, truth, prediction
 
-Patch-level metrics live in idc_engine/metrics.py (shared with training's validation).
+Patch-level metrics live in idc_engine/scoring/metrics.py (shared with training's validation).
 """

@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from idc_engine import metrics as metrics_lib
+from idc_engine.scoring import metrics as metrics_lib
 
 # Patch-level metrics recomputed in every bootstrap replicate (pooled over the drawn patients).
 PATCH_CI_METRICS = ("auc", "pr_auc", "balanced_accuracy", "accuracy", "idc_sensitivity",

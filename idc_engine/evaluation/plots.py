@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as sk  # noqa: E402
 
-from idc_engine.metrics import CLASS_NAMES  # noqa: E402
+from idc_engine.scoring.metrics import CLASS_NAMES  # noqa: E402
 
 DPI = 200
 _STYLE = {
@@ -131,7 +131,7 @@ def plot_precision_recall(labels, idc_probability, path: str, operating_point: d
 
 
 def plot_calibration(calibration: dict, brier_score: float, path: str, title: str = "") -> str:
-    """calibration: idc_engine.metrics.calibration_bins(...)."""
+    """calibration: idc_engine.scoring.metrics.calibration_bins(...)."""
     edges = np.asarray(calibration["bin_edges"])
     count = np.asarray(calibration["count"])
     mean_prob = np.asarray(calibration["mean_probability"], np.float64)
@@ -191,7 +191,7 @@ def plot_patient_fractions(rows: list[dict], path: str, patient_metrics: dict | 
 
 def plot_threshold_choice(points: dict, threshold: float, rule: str, path: str,
                           split: str = "val") -> str:
-    """points: idc_engine.evaluation.thresholds.operating_points on the threshold split."""
+    """points: idc_engine.scoring.thresholds.operating_points on the threshold split."""
     t = points["threshold"]
     with plt.rc_context(_STYLE):
         figure, axes = plt.subplots(figsize=(4.4, 3.2))

@@ -1,12 +1,14 @@
 """The training run's configuration: one dataclass, one field per `python -m idc_engine.train` flag.
 
-The absl flags in idc_engine/train.py are named exactly like these fields; tests and notebooks
-build a `TrainConfig` directly. `validate()` turns every bad combination into one clear message
+The absl flags of idc_engine/train.py are these fields, help text included (idc_engine/cli.py);
+tests and notebooks build a `TrainConfig` directly. `validate()` turns every bad combination into one clear message
 naming the flag, before any TensorFlow work starts.
 """
 
 import dataclasses
 import os
+
+from idc_engine import cli, errors
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 XLA_MODES = ("auto", "on", "off")
@@ -19,63 +21,139 @@ METRICS = ("val_loss", "val_accuracy", "val_auc", "val_idc_f1", "val_balanced_ac
            "val_idc_recall", "val_idc_precision")
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.EngineError, ValueError):
     """A flag value, or combination, that cannot work; the message names the flag."""
 
 
 @dataclasses.dataclass
 class TrainConfig:
     # data
-    data_dir: str = ""
-    model_dir: str = ""
-    input_mode: str = "stream"
-    shuffle_buffer: int = 16384
-    image_size: int = 50
-    augment: str = "pathology"
+    data_dir: str = cli.option("", "A directory written by python -m idc_engine.convert.")
+    model_dir: str = cli.option(
+        "",
+        "Checkpoints, TensorBoard, config.json and the export go here; a run whose model_dir "
+        "has checkpoints resumes from the latest.")
+    input_mode: str = cli.option(
+        "stream",
+        "stream: tf.data from the shards; cache: the train split decoded once into host RAM; "
+        "device: the train split resident in accelerator memory, batches drawn there (no host "
+        "input work per step).")
+    shuffle_buffer: int = cli.option(16384, "Records in the shuffle buffer (stream mode).")
+    image_size: int = cli.option(
+        50,
+        "Model input size: 50 keeps the patches; 48 resizes like the tutorial.")
+    augment: str = cli.option(
+        "pathology",
+        "Augmentation on the device: a preset (pathology, tutorial, none) or ops such as "
+        "'d4|hed(0.05,0.05)|brightness(0.1)'; see idc_engine/input/augment.py.")
     # model
-    model: str = "cancernet"
-    weights_path: str = ""
-    backbone_input_size: int = 0
-    freeze_backbone_epochs: int = 0
-    fine_tune_lr_factor: float = 0.1
-    bn_momentum: float = 0.99
-    bn_statistics_examples: int = 4096
-    fused_batchnorm: bool = True
+    model: str = cli.option("cancernet", "cancernet | plain_cnn | mobilenet_v2 | resnet50.")
+    weights_path: str = cli.option(
+        "",
+        "A local weights file for the backbone of mobilenet_v2/resnet50 (nothing is "
+        "downloaded).")
+    backbone_input_size: int = cli.option(
+        0,
+        "Resize inputs to this size inside mobilenet_v2/resnet50 (0: as is).")
+    freeze_backbone_epochs: int = cli.option(
+        0,
+        "Train only the head for this many epochs, then unfreeze the backbone (with a "
+        "pretrained --weights_path).")
+    fine_tune_lr_factor: float = cli.option(
+        0.1,
+        "Learning-rate multiplier applied when the backbone is unfrozen.")
+    bn_momentum: float = cli.option(
+        0.99,
+        "BatchNorm moving-average momentum between recomputations (Keras' 0.99).")
+    bn_statistics_examples: int = cli.option(
+        4096,
+        "Before each validation, checkpoint and export, every BatchNorm's moving statistics are"
+        " recomputed from this many training examples under the current weights (dropout off, "
+        "as inference sees them); 0 keeps the moving averages alone.")
+    fused_batchnorm: bool = cli.option(
+        True,
+        "Train BatchNormalization through TensorFlow's fused kernel (same math, about half of "
+        "CancerNet's CPU step); --nofused_batchnorm for Keras' own.")
     # devices
-    strategy: str = "auto"
-    num_cpu_devices: int = 1
-    xla: str = "auto"
-    precision: str = "auto"
+    strategy: str = cli.option(
+        "auto",
+        "auto: multi_worker with a multi-worker TF_CONFIG, mirrored with several GPUs or "
+        "--num_cpu_devices > 1, else default (one device); default; mirrored; multi_worker "
+        "(reads TF_CONFIG).")
+    num_cpu_devices: int = cli.option(
+        1,
+        "Split the CPU into N logical devices (MirroredStrategy without GPUs).")
+    xla: str = cli.option(
+        "auto",
+        "jit_compile the per-replica step: auto (off on CPU, measured slower there; on for "
+        "every model on GPUs, not measured in this project), on, off.")
+    precision: str = cli.option(
+        "auto",
+        "auto (float32 on CPU: mixed_bfloat16 was measured 1.19x faster on a CPU with "
+        "avx512_bf16 but its accuracy was not, so it is opt-in; on GPUs by compute capability, "
+        "not measured in this project: mixed_bfloat16 on 8.0+, mixed_float16 on 7.x, float32 "
+        "below), float32, mixed_float16, mixed_bfloat16.")
     # optimization
-    global_batch_size: int = 256
-    epochs: float = 10.0
-    train_steps: int = 0
-    steps_per_loop: int = 20
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 0
-    inverse_time_decay_rate: float = 0.0
-    plateau_factor: float = 0.5
-    plateau_patience: int = 2
-    loss: str = "cross_entropy"
-    focal_gamma: float = 2.0
-    class_weights: str = "balanced"
+    global_batch_size: int = cli.option(
+        256,
+        "Batch summed over all replicas; must divide by the replica count.")
+    epochs: float = cli.option(10.0, "Epochs of the train split (ignored when --train_steps > 0).")
+    train_steps: int = cli.option(0, "Total training steps; 0: from --epochs.")
+    steps_per_loop: int = cli.option(
+        20,
+        "Training steps per tf.function call (fewer host round trips).")
+    optimizer: str = cli.option("adam", "adagrad | adam | adamw | sgd (with --momentum, Nesterov).")
+    learning_rate: float = cli.option(1e-3, "Peak learning rate.")
+    momentum: float = cli.option(0.9, "SGD momentum.")
+    weight_decay: float = cli.option(1e-4, "AdamW decoupled weight decay.")
+    lr_schedule: str = cli.option(
+        "cosine",
+        "constant | inverse_time (the tutorial's lr/(1+d*step)) | cosine (with --warmup_steps) "
+        "| plateau (x --plateau_factor when --best_metric stalls).")
+    warmup_steps: int = cli.option(0, "Linear warm-up steps of the cosine schedule.")
+    inverse_time_decay_rate: float = cli.option(
+        0.0,
+        "d of inverse_time; 0: learning_rate / epochs, as the tutorial.")
+    plateau_factor: float = cli.option(
+        0.5,
+        "Learning-rate factor at each plateau (plateau schedule).")
+    plateau_patience: int = cli.option(
+        2,
+        "Validations without improvement before a plateau reduction.")
+    loss: str = cli.option("cross_entropy", "cross_entropy | focal.")
+    focal_gamma: float = cli.option(2.0, "Focusing parameter of the focal loss.")
+    class_weights: str = cli.option(
+        "balanced",
+        "balanced (max count / class count, the tutorial's), none, or 0:W0,1:W1.")
     # validation, checkpoints, summaries
-    validation_every_steps: int = 0
-    best_metric: str = "val_auc"
-    early_stopping_patience: int = 0
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 3
-    log_every_steps: int = 0
-    profile_steps: str = ""
-    export: bool = True
+    validation_every_steps: int = cli.option(0, "Validate every N steps; 0: once per epoch.")
+    best_metric: str = cli.option(
+        "val_auc",
+        "Validation metric that picks the best checkpoint and drives plateau and early stopping"
+        " (val_loss is minimized, the others maximized).")
+    early_stopping_patience: int = cli.option(
+        0,
+        "Stop after N validations without improvement; 0: never.")
+    checkpoint_every_steps: int = cli.option(
+        0,
+        "Checkpoint every N steps; 0: at each validation. A crash loses at most this many "
+        "steps.")
+    keep_checkpoints: int = cli.option(3, "Checkpoints kept (the best one is kept apart).")
+    log_every_steps: int = cli.option(0, "Log and summarize every N steps; 0: every loop.")
+    profile_steps: str = cli.option(
+        "",
+        "A,B: write a profiler trace of steps A..B to --model_dir/profile.")
+    export: bool = cli.option(
+        True,
+        "At the end, export the best model (.keras and a uint8 SavedModel).")
     # reproducibility and testing
-    seed: int = 0
-    deterministic: bool = False
-    inject_nan_at_step: int = -1
+    seed: int = cli.option(0, "Seed of data order, augmentation and initialization.")
+    deterministic: bool = cli.option(
+        False,
+        "Deterministic ops and data order: identical losses run to run (slower).")
+    inject_nan_at_step: int = cli.option(
+        -1,
+        "Testing: make the loss NaN at this step to exercise the stop path.")
 
     def validate(self) -> None:
         def need(condition, message):

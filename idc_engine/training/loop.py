@@ -20,17 +20,18 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from idc_engine import manifest as manifest_lib
-from idc_engine import metrics as metrics_lib
-from idc_engine import models, pipeline
-from idc_engine.augment import augment_on_device, parse_spec, write_augmentation_summary
-from idc_engine.evaluation import thresholds
-from idc_engine.model_input import model_input
+from idc_engine import errors, models
+from idc_engine.data import manifest as manifest_lib
+from idc_engine.input import pipeline
+from idc_engine.input.augment import augment_on_device, parse_spec, write_augmentation_summary
+from idc_engine.models.preprocessing import model_input
+from idc_engine.scoring import metrics as metrics_lib
+from idc_engine.scoring import thresholds
 from idc_engine.training import batchnorm, devices, objectives, summaries
 from idc_engine.training.config import ConfigError, TrainConfig, parse_profile_steps
 
 
-class TrainingError(RuntimeError):
+class TrainingError(errors.RunStopped, RuntimeError):
     """The run cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
@@ -390,7 +391,7 @@ def train(config: TrainConfig) -> dict:
                "strategy": strategy_description, "replicas": replicas, "precision": policy,
                "xla": use_xla}
     if config.export and is_chief:
-        from idc_engine import export  # SavedModel tooling only where it is used
+        from idc_engine.training import export  # SavedModel tooling only where it is used
         best = tf.train.latest_checkpoint(best_dir)
         if best:
             checkpoint.restore(best).expect_partial()

@@ -32,7 +32,7 @@ class Writers:
                     tf.summary.scalar(name, value, step=step)
 
     def validation(self, step: int, metrics: dict) -> None:
-        """metrics: {"val_<name>": value} from idc_engine.metrics.classification_metrics."""
+        """metrics: {"val_<name>": value} from idc_engine.scoring.metrics.classification_metrics."""
         with self.val.as_default():
             for name, value in metrics.items():
                 name = name.removeprefix("val_")

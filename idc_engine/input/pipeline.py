@@ -7,7 +7,7 @@ Three ways to feed a step, the fastest last:
     make_device_resident_sampler(data_dir, "train", 256)              split in accelerator memory
 
 All three yield uint8 images [B, 50, 50, 3] and int32 labels [B]: float conversion and
-normalization (`to_float_and_normalize`) and augmentation (`idc_engine.augment`) run on the
+normalization (`to_float_and_normalize`) and augmentation (`idc_engine.input.augment`) run on the
 device inside the step, so the host moves 1 byte per channel instead of 4.
 
 Why the host pipeline is shaped the way it is: on 2 cores per-record tf.data work is what costs,
@@ -31,9 +31,9 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from idc_engine import manifest as manifest_lib
-from idc_engine import records
-from idc_engine.manifest import ManifestError
+from idc_engine.data import manifest as manifest_lib
+from idc_engine.data import records
+from idc_engine.data.manifest import ManifestError
 
 IMAGE_ENCODINGS = ("raw", "png")
 CHUNK_RECORDS = 64               # records per vectorized parse; also the unit of the shuffle buffer
@@ -98,7 +98,7 @@ def parse_batch(serialized, image_encoding: str = "raw", with_metadata: bool = F
     """Parses a batch of serialized records with one vectorized `tf.io.parse_example`.
 
     Args:
-      serialized: tf.string [B], serialized `tf.train.Example`s (schema: idc_engine/records.py).
+      serialized: tf.string [B], serialized `tf.train.Example`s (schema: idc_engine/data/records.py).
       image_encoding: "raw" (uint8 HWC bytes, one `decode_raw` for the batch) or "png".
       with_metadata: also return patient_id, x, y (for evaluation).
       image_shape: (H, W, C) of the stored images.
@@ -699,14 +699,3 @@ def channel_mean_std(manifest: dict) -> tuple[list[float], list[float]]:
         raise ManifestError("the manifest has no train_channel_mean / train_channel_std "
                             "(convert with a train split)")
     return [float(m) for m in mean], [float(s) for s in std]
-
-
-def to_float_and_normalize(images, mean, std, dtype=tf.float32):
-    """uint8 [B, H, W, C] (0..255) -> dtype [B, H, W, C], (x - mean) / std per channel.
-
-    Runs on the device inside the (possibly jit-compiled) step; arithmetic in float32, then cast,
-    so bfloat16/float16 compute dtypes lose nothing in the subtraction.
-    """
-    mean = tf.cast(mean, tf.float32)
-    inv_std = 1.0 / tf.cast(std, tf.float32)
-    return tf.cast((tf.cast(images, tf.float32) - mean) * inv_std, dtype)

@@ -1,12 +1,5 @@
-"""Exporting a trained model: `.keras` and a SavedModel that serves raw uint8 patches.
-
-    export/model.keras                    the Keras model (input: normalized float images)
-    export/saved_model/                   signature serving_default:
-                                          images uint8 [N, 50, 50, 3] -> idc_probability float32 [N]
-    export/preprocessing.json             image_size, channel mean/std: what model.keras expects
-    export/threshold.json                 the decision threshold python -m idc_engine.predict
-                                          applies: chosen on the val split by training's best
-                                          validation, then by python -m idc_engine.evaluate
+"""Exporting a trained model: `.keras` and a SavedModel that serves raw uint8 patches, laid out
+as idc_engine/training/run_dir.py describes.
 
 The exported model is rebuilt in float32 whatever the training precision (variables are float32
 under mixed precision anyway), so it serves on any device.
@@ -18,11 +11,9 @@ import os
 import keras
 import tensorflow as tf
 
-from idc_engine import manifest as manifest_lib
-from idc_engine import records
-from idc_engine.model_input import model_input
-
-THRESHOLD_FILE = "threshold.json"
+from idc_engine.data import records
+from idc_engine.models.preprocessing import model_input
+from idc_engine.training import run_dir
 
 
 class ServingModule(tf.Module):
@@ -57,27 +48,18 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
         keras.mixed_precision.set_global_policy(policy)
     portable.set_weights(model.get_weights())
     os.makedirs(export_dir, exist_ok=True)
-    keras_path = os.path.join(export_dir, "model.keras")
-    portable.save(keras_path)
-    saved_model = os.path.join(export_dir, "saved_model")
+    target = run_dir.ExportPaths.of(export_dir)
+    portable.save(target.keras)
     module = ServingModule(portable, image_size, mean, std)
-    tf.saved_model.save(module, saved_model, signatures={"serving_default": module.serve})
-    preprocessing = os.path.join(export_dir, "preprocessing.json")
-    with open(preprocessing, "w") as f:
+    tf.saved_model.save(module, target.saved_model, signatures={"serving_default": module.serve})
+    with open(target.preprocessing, "w") as f:
         json.dump({"image_size": image_size, "channel_mean": list(mean),
                    "channel_std": list(std), "input": "uint8 RGB patches, 50x50, resized to "
                    "image_size, then (x - mean) / std"}, f, indent=1)
-    paths = {"keras": keras_path, "saved_model": saved_model, "preprocessing": preprocessing}
-    threshold_path = os.path.join(export_dir, THRESHOLD_FILE)
+    paths = {"keras": target.keras, "saved_model": target.saved_model,
+             "preprocessing": target.preprocessing}
     if threshold is not None:
-        paths["threshold"] = write_threshold(export_dir, threshold)
-    elif os.path.exists(threshold_path):
-        os.remove(threshold_path)
+        paths["threshold"] = run_dir.write_threshold(export_dir, threshold)
+    elif os.path.exists(target.threshold):
+        os.remove(target.threshold)
     return paths
-
-
-def write_threshold(export_dir: str, record: dict) -> str:
-    """Writes export_dir/threshold.json atomically and durably; returns its path."""
-    path = os.path.join(export_dir, THRESHOLD_FILE)
-    manifest_lib.write_json_atomically(path, record)
-    return path

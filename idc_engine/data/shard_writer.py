@@ -14,8 +14,8 @@ import threading
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from idc_engine import records
-from idc_engine.direct_file import DirectFile
+from idc_engine.data import records
+from idc_engine.data.direct_file import DirectFile
 
 # Undersized edge patches are padded at the bottom/right with white: the glass background of an
 # H&E slide, i.e. "no tissue here". The record keeps the original height and width.

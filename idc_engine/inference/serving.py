@@ -1,15 +1,17 @@
 """The exported model as it is deployed: its SavedModel signature, and a split run through it.
 
 evaluate and predict both go through here, so what they measure and what they predict come
-from the same function users serve (idc_engine/export.py writes it).
+from the same function users serve (idc_engine/training/export.py writes it).
 """
 
 import dataclasses
 
 import numpy as np
 
+from idc_engine import errors
 
-class ServingError(ValueError):
+
+class ServingError(errors.EngineError, ValueError):
     """An export that cannot be served; the message names the path."""
 
 
@@ -51,11 +53,11 @@ class Predictions:
 def predict_split(served: ServedModel, data_dir: str, split: str, batch_size: int) -> Predictions:
     """Runs the served model over every patch of a converted split, once each, in file order.
 
-    Raises ManifestError / ShardError (idc_engine.pipeline) for a missing or corrupt split.
+    Raises ManifestError / ShardError (idc_engine.input.pipeline) for a missing or corrupt split.
     """
     import tensorflow as tf
 
-    from idc_engine import pipeline
+    from idc_engine.input import pipeline
 
     dataset = pipeline.make_dataset(data_dir, split, batch_size, training=False,
                                     with_metadata=True, deterministic=True)

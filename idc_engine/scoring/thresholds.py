@@ -14,7 +14,7 @@ Rules (the `--threshold` flag of python -m idc_engine.evaluate):
     0.37               a fixed number in [0, 1]; nothing is chosen
 
 A patch is called IDC when its probability is >= the threshold. Candidate thresholds are the
-distinct predicted probabilities (clipped like idc_engine.metrics.classification_metrics), so the
+distinct predicted probabilities (clipped like idc_engine.scoring.metrics.classification_metrics), so the
 chosen value reproduces on the chosen split exactly the operating point it reports. Ties (several
 thresholds with the best criterion) go to the highest threshold.
 """
@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from idc_engine import metrics as metrics_lib
+from idc_engine.scoring import metrics as metrics_lib
 
 RULE_NAMES = ("max_f1", "youden", "recall", "specificity")
 RULE_HELP = "max_f1 | youden | recall:R | specificity:S | a number in [0, 1]"

@@ -11,8 +11,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from idc_engine import manifest as manifest_lib
-from idc_engine import records
+from idc_engine.data import manifest as manifest_lib
+from idc_engine.data import records
 
 _BATCH = 1024
 

@@ -33,13 +33,15 @@ reads the same way.
 import json
 import os
 
+from idc_engine import errors
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MANIFEST_TEMPORARY_NAME = MANIFEST_NAME + ".tmp"  # write_manifest's, renamed to MANIFEST_NAME
 SPLITS = ("train", "val", "test")
 
 
-class ManifestError(ValueError):
+class ManifestError(errors.EngineError, ValueError):
     """A converted data directory that cannot be read; the message names the path."""
 
 

@@ -11,7 +11,7 @@ import json
 import math
 import random
 
-from idc_engine.manifest import SPLITS
+from idc_engine.data.manifest import SPLITS
 
 SPLIT_MODES = ("patients", "janowczyk2016")
 
@@ -57,7 +57,7 @@ def stratified_patient_split(positive_ratio: dict[str, float], val_fraction: flo
 
 def published_split(name: str = "janowczyk2016") -> dict[str, str]:
     """The published 84/29/49 patient split (Cruz-Roa 2014, Janowczyk 2016), shipped as data."""
-    folder = importlib.resources.files("idc_engine") / "split_lists" / name
+    folder = importlib.resources.files("idc_engine.data") / "split_lists" / name
     assignment = {}
     for split in SPLITS:
         for line in (folder / f"{split}.txt").read_text().split():

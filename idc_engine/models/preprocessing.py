@@ -3,8 +3,7 @@ export and prediction, so that a served model sees exactly what it was trained o
 
 import tensorflow as tf
 
-from idc_engine import records
-from idc_engine.pipeline import to_float_and_normalize
+from idc_engine.data import records
 
 
 def model_input(images, image_size: int, mean, std, dtype=tf.float32):
@@ -16,3 +15,14 @@ def model_input(images, image_size: int, mean, std, dtype=tf.float32):
     if image_size != records.PATCH_SIZE:
         images = tf.image.resize(images, [image_size, image_size], method="bilinear")
     return to_float_and_normalize(images, mean, std, dtype)
+
+
+def to_float_and_normalize(images, mean, std, dtype=tf.float32):
+    """uint8 [B, H, W, C] (0..255) -> dtype [B, H, W, C], (x - mean) / std per channel.
+
+    Runs on the device inside the (possibly jit-compiled) step; arithmetic in float32, then cast,
+    so bfloat16/float16 compute dtypes lose nothing in the subtraction.
+    """
+    mean = tf.cast(mean, tf.float32)
+    inv_std = 1.0 / tf.cast(std, tf.float32)
+    return tf.cast((tf.cast(images, tf.float32) - mean) * inv_std, dtype)
