@@ -5,7 +5,7 @@
 
 Reports the converter's patches/s (the whole `convert_tree` into a new folder: scan, split,
 decode, write, manifest) with N workers and with one, beside the single-process rate of the
-converter's own PNG decoder on the same files (`shard_writer.decode_patch`, nothing else: the
+converter's own PNG decoder on the same files (`patch_png.decode_patch`, nothing else: the
 limit). The ratio against the ideal `num_workers x decode rate` says how much the converter loses
 to everything that is not decoding; the one-worker ratio isolates per-worker overhead from machine
 load. For context, the rate of the plain PIL loop (Image.open, load, np.asarray) a hand-written
@@ -29,7 +29,7 @@ from PIL import Image
 
 from benchmarks.report import BenchmarkReport
 from idc_engine import convert
-from idc_engine.data import kaggle_tree, shard_writer, synthetic
+from idc_engine.data import kaggle_tree, patch_png, shard_writer, synthetic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input_dir", None, "A Kaggle-layout tree; default: generate a synthetic one.")
@@ -47,7 +47,7 @@ def decode_all(paths: list[str]) -> None:
     """The limit: one process running the converter's own decoder on every file, nothing else."""
     for path in paths:
         try:
-            shard_writer.decode_patch(path, keep_png=False)
+            patch_png.decode_patch(path, keep_png=False)
         except (OSError, ValueError):  # the truncated files of --quirks
             pass
 

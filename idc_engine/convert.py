@@ -28,7 +28,7 @@ from absl import app, flags
 
 import idc_engine
 from idc_engine import errors
-from idc_engine.data import kaggle_tree, records, shard_writer, splits
+from idc_engine.data import kaggle_tree, patch_png, records, shard_writer, splits
 from idc_engine.data import manifest as manifest_lib
 
 # A conversion writes its shards under STAGING_PREFIX + id, renamed SHARD_DIR_PREFIX + id when
@@ -44,7 +44,6 @@ _TOP_LEVEL_SHARD = re.compile(r"(train|val|test)-\d{5}-of-\d{5}\.tfrecord")
 # about to run as __main__ is already imported.)
 WORKER_PRELOAD = ["idc_engine.data.shard_writer", "idc_engine.data.kaggle_tree", "idc_engine.data.splits",
                   "idc_engine.data.manifest", "absl.app", "absl.flags"]
-IMAGE_ENCODINGS = ("raw", "png")
 
 
 class ConversionError(errors.EngineError, RuntimeError):
@@ -70,7 +69,7 @@ def define_flags() -> None:
     flags.DEFINE_float("shard_size_mb", 64.0, "Target shard size when --num_shards=0.")
     flags.DEFINE_integer("min_shards", 8, "Least shards per split when --num_shards=0, so that "
                          "many input workers can each read distinct files.")
-    flags.DEFINE_enum("image_encoding", "raw", IMAGE_ENCODINGS, "raw: uint8 HWC bytes (fastest "
+    flags.DEFINE_enum("image_encoding", "raw", records.IMAGE_ENCODINGS, "raw: uint8 HWC bytes (fastest "
                       "to read); png: the PNG bytes (about 2.5x smaller files, slower to read).")
     flags.DEFINE_integer("num_workers", 0, "Worker processes; 0 = one per available core.")
     flags.DEFINE_bool("overwrite", False, "Replace the conversion in a non-empty --output_dir "
@@ -341,7 +340,7 @@ def build_manifest(listing, patient_split, settings, results, input_dir, image_e
         "image_shape": list(records.IMAGE_SHAPE),
         "image_encoding": image_encoding,
         "features": records.FEATURES,
-        "pad_value": shard_writer.PAD_VALUE,
+        "pad_value": patch_png.PAD_VALUE,
         "splits": split_entries,
         "train_channel_mean": mean,
         "train_channel_std": std,
@@ -369,8 +368,8 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
                  shard_size_mb: float = 64.0, min_shards: int = 8, image_encoding: str = "raw",
                  num_workers: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
     """Converts `input_dir` into shards and a manifest in `output_dir`; returns the manifest."""
-    if image_encoding not in IMAGE_ENCODINGS:
-        raise ConversionError(f"--image_encoding must be one of {IMAGE_ENCODINGS}")
+    if image_encoding not in records.IMAGE_ENCODINGS:
+        raise ConversionError(f"--image_encoding must be one of {records.IMAGE_ENCODINGS}")
     if num_shards < 0 or min_shards < 1 or shard_size_mb <= 0:
         raise ConversionError("--num_shards must be >= 0, --min_shards >= 1, --shard_size_mb > 0")
     if not os.path.isdir(input_dir):

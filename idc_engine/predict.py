@@ -5,7 +5,7 @@
 
 --model is a training run's model_dir, its export/ folder, or export/saved_model itself; the
 SavedModel signature (uint8 patches -> P(IDC)) does the preprocessing, so nothing here has to
-repeat it. Files are decoded and padded exactly as the converter does (`shard_writer.decode_patch`:
+repeat it. Files are decoded and padded exactly as the converter does (`patch_png.decode_patch`:
 an undersized edge patch gets white at the bottom/right), so a patch gets the same probability
 from its PNG as from the converted TFRecords.
 
@@ -50,7 +50,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from PIL import Image
 
-from idc_engine.data import kaggle_tree, records, shard_writer
+from idc_engine.data import kaggle_tree, patch_png, records
 from idc_engine.inference import serving
 from idc_engine.training.run_dir import THRESHOLD_FILE, Threshold, find_export, load_threshold
 
@@ -162,7 +162,7 @@ def decode_file(path: str) -> DecodedFile:
             out.error = _too_large_from_header(path)
             if out.error:
                 return out
-        pixels, out.height, out.width, rgb_png = shard_writer.decode_patch(path)
+        pixels, out.height, out.width, rgb_png = patch_png.decode_patch(path)
     except FileNotFoundError:
         out.error = "no such file"
         return out

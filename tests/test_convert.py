@@ -16,7 +16,7 @@ from conftest import read_records, shard_paths
 from PIL import Image
 
 from idc_engine import convert
-from idc_engine.data import kaggle_tree, shard_writer, splits, synthetic, verify
+from idc_engine.data import kaggle_tree, patch_png, shard_writer, splits, synthetic, verify
 from idc_engine.data import manifest as manifest_lib
 from idc_engine.data.manifest import MANIFEST_NAME, MANIFEST_TEMPORARY_NAME, load_manifest
 from idc_engine.input import pipeline
@@ -115,8 +115,8 @@ def test_undersized_patches_are_padded_white_and_keep_their_size(idc_tree, conve
         assert (record["height"], record["width"]) == (h, w)
         source = np.asarray(Image.open(os.path.join(root, u["path"])).convert("RGB"))
         np.testing.assert_array_equal(record["image"][:h, :w], source)
-        assert (record["image"][h:] == shard_writer.PAD_VALUE).all()
-        assert (record["image"][:, w:] == shard_writer.PAD_VALUE).all()
+        assert (record["image"][h:] == patch_png.PAD_VALUE).all()
+        assert (record["image"][:, w:] == patch_png.PAD_VALUE).all()
 
 
 def test_pixel_exact_round_trip_of_every_record(idc_tree, converted):
@@ -577,16 +577,16 @@ def test_decode_patch_reads_a_jpeg_named_png_and_rejects_garbage(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "j.png", format="JPEG", quality=95)
     (tmp_path / "g.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
     for keep_png in (False, True):
-        raw, h, w, source = shard_writer.decode_patch(str(tmp_path / "p.png"), keep_png)
+        raw, h, w, source = patch_png.decode_patch(str(tmp_path / "p.png"), keep_png)
         assert raw == pixels.tobytes() and (h, w) == (50, 50)
         assert source == ((tmp_path / "p.png").read_bytes() if keep_png else None)
-        raw, _, _, source = shard_writer.decode_patch(str(tmp_path / "j.png"), keep_png)
+        raw, _, _, source = patch_png.decode_patch(str(tmp_path / "j.png"), keep_png)
         expected = np.asarray(Image.open(tmp_path / "j.png").convert("RGB"))
         assert raw == expected.tobytes() and source is None  # a JPEG is never passed through
         with pytest.raises(ValueError, match="not a readable PNG"):
-            shard_writer.decode_patch(str(tmp_path / "g.png"), keep_png)
+            patch_png.decode_patch(str(tmp_path / "g.png"), keep_png)
         with pytest.raises(OSError):
-            shard_writer.decode_patch(str(tmp_path / "missing.png"), keep_png)
+            patch_png.decode_patch(str(tmp_path / "missing.png"), keep_png)
 
 
 def test_channel_moments_are_exact_over_many_chunks_and_padded_patches():
@@ -597,7 +597,7 @@ def test_channel_moments_are_exact_over_many_chunks_and_padded_patches():
         chunk = []
         for i in range(size):
             h, w = (50, 50) if i % 7 else (int(rng.integers(1, 50)), int(rng.integers(1, 51)))
-            image = np.full((50, 50, 3), shard_writer.PAD_VALUE, np.uint8)
+            image = np.full((50, 50, 3), patch_png.PAD_VALUE, np.uint8)
             image[:h, :w] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
             chunk.append((image.tobytes(), h, w))
             real.append(image[:h, :w].reshape(-1, 3).astype(np.float64))

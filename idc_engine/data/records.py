@@ -25,6 +25,8 @@ PATCH_SIZE = 50
 CHANNELS = 3
 IMAGE_SHAPE = (PATCH_SIZE, PATCH_SIZE, CHANNELS)
 IMAGE_BYTES = PATCH_SIZE * PATCH_SIZE * CHANNELS
+# How a record's image feature is stored: raw uint8 HWC bytes, or the PNG file's bytes.
+IMAGE_ENCODINGS = ("raw", "png")
 
 # Feature name -> "bytes" or "int64": the one place the schema is spelled out.
 FEATURES = {

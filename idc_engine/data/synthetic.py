@@ -45,7 +45,8 @@ import re
 import numpy as np
 from PIL import Image
 
-PATCH = 50
+from idc_engine.data import records
+
 DUPLICATE_DIR = "IDC_regular_ps50_idx5"
 
 # Optical-density vectors (RGB) of hematoxylin (Ruifrok & Johnston) and eosin (bluer than theirs,
@@ -67,7 +68,7 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
 
 
 def patch_name(pid: str, col: int, row: int, label: int) -> str:
-    return f"{pid}_idx5_x{1 + PATCH * col}_y{1 + PATCH * row}_class{label}.png"
+    return f"{pid}_idx5_x{1 + records.PATCH_SIZE * col}_y{1 + records.PATCH_SIZE * row}_class{label}.png"
 
 
 # ----------------------------------------------------------------------------- slide geometry
@@ -194,7 +195,7 @@ def _nuclei(rng, n, shape_args):
 
 def _render_slide(rng, rows, cols, tumour, mimic, style) -> np.ndarray:
     """The whole slide as an (rows*50, cols*50, 3) uint8 H&E-like image."""
-    height, width = rows * PATCH, cols * PATCH
+    height, width = rows * records.PATCH_SIZE, cols * records.PATCH_SIZE
     # Region maps on a 5-px grid (smooth anyway), upsampled for the per-pixel stains.
     step = 5
     gy, gx = np.mgrid[0:height // step, 0:width // step] * step + step / 2
@@ -233,7 +234,7 @@ def _stamp_all_nuclei(rng, hema, height, width, tumour, lymph, tissue) -> None:
     tumour, lymph and tissue are coarse maps (0..1) of tumour cellularity, lymphocyte aggregates
     and non-gap tissue.
     """
-    area = height * width / PATCH ** 2
+    area = height * width / records.PATCH_SIZE ** 2
     fibre_angle = rng.uniform(0, np.pi)
     kinds = [
         # (candidates per patch, acceptance map, radius, elongation, darkness, vesicular, angle)
@@ -281,9 +282,9 @@ class _Patient:
         self.pid = pid
         n = int(rng.integers(min_patches, max_patches + 1))
         self.rows, self.cols, self.cells = _tissue_cells(rng, n)
-        centres_x = self.cells[:, 1] * PATCH + PATCH / 2
-        centres_y = self.cells[:, 0] * PATCH + PATCH / 2
-        size = PATCH * math.sqrt(n)
+        centres_x = self.cells[:, 1] * records.PATCH_SIZE + records.PATCH_SIZE / 2
+        centres_y = self.cells[:, 0] * records.PATCH_SIZE + records.PATCH_SIZE / 2
+        size = records.PATCH_SIZE * math.sqrt(n)
         tumour = _random_regions(rng, centres_x, centres_y, 3, (0.15 * size, 0.45 * size), 30.0)
         # Lymphocyte aggregates: dense dark nuclei in benign tissue, the main tumour mimic.
         mimic = _random_regions(rng, centres_x, centres_y, 4, (30.0, 90.0), 8.0)
@@ -300,7 +301,7 @@ class _Patient:
 
     def patch(self, i: int) -> np.ndarray:
         row, col = self.cells[i]
-        return self.canvas[row * PATCH:(row + 1) * PATCH, col * PATCH:(col + 1) * PATCH]
+        return self.canvas[row * records.PATCH_SIZE:(row + 1) * records.PATCH_SIZE, col * records.PATCH_SIZE:(col + 1) * records.PATCH_SIZE]
 
     def name(self, i: int) -> str:
         row, col = self.cells[i]
@@ -364,8 +365,8 @@ class _QuirkPlan:
             i = int(pool[int(rng.integers(len(pool)))])
             if any((p, i) == (q, j) for q, j, _, _ in cuts):
                 continue
-            h = PATCH if side == 0 else int(rng.integers(8, PATCH))
-            w = PATCH if side == 1 else int(rng.integers(8, PATCH))
+            h = records.PATCH_SIZE if side == 0 else int(rng.integers(8, records.PATCH_SIZE))
+            w = records.PATCH_SIZE if side == 1 else int(rng.integers(8, records.PATCH_SIZE))
             cuts.append((p, i, h, w))
         return cuts
 
@@ -480,7 +481,7 @@ def _write_patient(writer, p, patient, plan, summary) -> None:
         if key == plan.unparseable:
             # A scanner export that lost its y coordinate; the image itself is fine.
             col = int(patient.cells[i][1])
-            odd = f"{patient.pid}/{label}/{patient.pid}_idx5_x{1 + PATCH * col}_class{label}.png"
+            odd = f"{patient.pid}/{label}/{patient.pid}_idx5_x{1 + records.PATCH_SIZE * col}_class{label}.png"
             writer.write(odd, _encode_png(image[:, ::-1]))
             summary["unparseable"].append(odd)
     positives = int(patient.labels.sum())

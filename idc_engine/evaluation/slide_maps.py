@@ -26,9 +26,9 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from idc_engine.data import records  # noqa: E402
 from idc_engine.evaluation import plots  # noqa: E402
 
-PATCH = 50
 MAX_MOSAIC_PIXELS = 1600  # the mosaic is downsampled so its longer side is at most this
 
 
@@ -37,7 +37,7 @@ def slide_origin(x, y) -> tuple[int, int]:
     return int(np.min(x)), int(np.min(y))
 
 
-def assemble_mosaic(images, x, y, patch: int = PATCH) -> tuple[np.ndarray, tuple[int, int]]:
+def assemble_mosaic(images, x, y, patch: int = records.PATCH_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
     """Puts each patch at its slide position.
 
     Args:
@@ -59,7 +59,7 @@ def assemble_mosaic(images, x, y, patch: int = PATCH) -> tuple[np.ndarray, tuple
     return canvas, (x0, y0)
 
 
-def patch_grid(values, x, y, patch: int = PATCH) -> tuple[np.ndarray, tuple[int, int]]:
+def patch_grid(values, x, y, patch: int = records.PATCH_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
     """One cell per patch position: float [rows, cols], nan where the slide has no patch.
 
     values float [N]; x, y int [N]. Cell (r, c) holds the patch at x = x0 + c * patch,
@@ -83,7 +83,7 @@ def _downsample(canvas: np.ndarray, max_pixels: int) -> np.ndarray:
     return np.asarray(Image.fromarray(canvas).resize(size, Image.Resampling.BOX))
 
 
-def outline_segments(mask, x0: int, y0: int, patch: int = PATCH) -> list:
+def outline_segments(mask, x0: int, y0: int, patch: int = records.PATCH_SIZE) -> list:
     """The boundary of the True cells of a patch grid: [((x, y), (x, y)), ...] in slide pixels,
     one segment per cell edge that borders a False cell or the outside."""
     mask = np.asarray(mask, bool)
@@ -104,7 +104,7 @@ def outline_segments(mask, x0: int, y0: int, patch: int = PATCH) -> list:
 
 
 def render_slide_map(path: str, patient_id: str, images, labels, idc_probability, x, y,
-                     threshold: float, subtitle: str = "", patch: int = PATCH) -> str:
+                     threshold: float, subtitle: str = "", patch: int = records.PATCH_SIZE) -> str:
     """Writes the three-panel slide map of one patient to `path` (PNG); returns the path.
 
     images uint8 [N, 50, 50, 3], labels int [N], idc_probability float [N], x, y int [N].

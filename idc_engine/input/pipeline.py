@@ -35,7 +35,6 @@ from idc_engine.data import manifest as manifest_lib
 from idc_engine.data import records
 from idc_engine.data.manifest import ManifestError
 
-IMAGE_ENCODINGS = ("raw", "png")
 CHUNK_RECORDS = 64               # records per vectorized parse; also the unit of the shuffle buffer
 DEFAULT_SHUFFLE_BUFFER = 16384   # records (~120 MB of decoded images)
 DEFAULT_CYCLE_LENGTH = 8         # shards read at once by each input pipeline
@@ -84,7 +83,7 @@ def decode_images(image_bytes, image_encoding: str = "raw", image_shape=records.
             lambda png: tf.ensure_shape(tf.io.decode_png(png, channels=image_shape[-1]),
                                         image_shape),
             image_bytes, fn_output_signature=tf.TensorSpec(image_shape, tf.uint8))
-    raise ValueError(f"image_encoding must be one of {IMAGE_ENCODINGS}, got {image_encoding!r}")
+    raise ValueError(f"image_encoding must be one of {records.IMAGE_ENCODINGS}, got {image_encoding!r}")
 
 
 def _decode_element(image_encoding: str, image_shape):
@@ -126,9 +125,9 @@ class SplitSource:
 
 def _image_encoding(manifest: dict, data_dir: str) -> str:
     encoding = manifest.get("image_encoding", "raw")
-    if encoding not in IMAGE_ENCODINGS:
+    if encoding not in records.IMAGE_ENCODINGS:
         raise ManifestError(f"{manifest_lib.manifest_path(data_dir)!r} has image_encoding "
-                            f"{encoding!r}; this idc_engine reads {IMAGE_ENCODINGS}")
+                            f"{encoding!r}; this idc_engine reads {records.IMAGE_ENCODINGS}")
     return encoding
 
 
