@@ -301,7 +301,8 @@ class _Patient:
 
     def patch(self, i: int) -> np.ndarray:
         row, col = self.cells[i]
-        return self.canvas[row * records.PATCH_SIZE:(row + 1) * records.PATCH_SIZE, col * records.PATCH_SIZE:(col + 1) * records.PATCH_SIZE]
+        size = records.PATCH_SIZE
+        return self.canvas[row * size:(row + 1) * size, col * size:(col + 1) * size]
 
     def name(self, i: int) -> str:
         row, col = self.cells[i]

@@ -1,8 +1,8 @@
 """The training run's configuration: one dataclass, one field per `python -m idc_engine.train` flag.
 
 The absl flags of idc_engine/train.py are these fields, help text included (idc_engine/cli.py);
-tests and notebooks build a `TrainConfig` directly. `validate()` turns every bad combination into one clear message
-naming the flag, before any TensorFlow work starts.
+tests and notebooks build a `TrainConfig` directly. `validate()` turns every bad combination
+into one clear message naming the flag, before any TensorFlow work starts.
 """
 
 import dataclasses
