@@ -27,7 +27,7 @@ import time
 from absl import app, flags
 
 import idc_engine
-from idc_engine import errors
+from idc_engine import atomic_files, errors
 from idc_engine.data import kaggle_tree, patch_png, records, shard_writer, splits
 from idc_engine.data import manifest as manifest_lib
 
@@ -184,15 +184,6 @@ def start_workers(num_workers: int):
     return pool
 
 
-def fsync_path(path: str) -> None:
-    """Flushes a file's data, or a directory's entries, to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def run_tasks(tasks, pool, progress: _Progress) -> list[shard_writer.ShardResult]:
     """Writes the shards, largest first, in the pool's processes (in this one if pool is None).
 
@@ -205,7 +196,7 @@ def run_tasks(tasks, pool, progress: _Progress) -> list[shard_writer.ShardResult
     with concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="fsync") as syncer:
         def finished(result):
             results.append(result)
-            synced.append(syncer.submit(fsync_path, result.path))
+            synced.append(syncer.submit(atomic_files.fsync_path, result.path))
 
         if pool is None:
             for task in tasks:
@@ -295,9 +286,9 @@ def commit_conversion(output_dir: str, staging: str, shard_dir: str, manifest: d
     on the disk. A crash anywhere leaves at most leftovers, which readers never see (they follow
     the manifest) and the next conversion removes.
     """
-    fsync_path(staging)  # the shards' names in it
+    atomic_files.fsync_path(staging)  # the shards' names in it
     os.rename(staging, os.path.join(output_dir, shard_dir))
-    fsync_path(output_dir)  # the folder's name is on the disk before the manifest listing it
+    atomic_files.fsync_path(output_dir)  # the folder's name is on the disk before the manifest listing it
     manifest_lib.write_manifest(output_dir, manifest)
     remove_leftovers(output_dir, manifest)
 

@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from idc_engine import __version__, errors
+from idc_engine import __version__, atomic_files, errors
 from idc_engine.data import manifest as manifest_lib
 from idc_engine.evaluation import slide_maps
 from idc_engine.inference import serving
@@ -209,7 +209,7 @@ def _plain(value):
 
 
 def _write_json(path: str, value) -> None:
-    manifest_lib.write_json_atomically(path, _plain(value))
+    atomic_files.write_json_atomically(path, _plain(value))
 
 
 def _write_csv(path: str, rows: list[dict], digits: int = 6) -> None:

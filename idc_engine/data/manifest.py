@@ -33,7 +33,7 @@ reads the same way.
 import json
 import os
 
-from idc_engine import errors
+from idc_engine import atomic_files, errors
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -91,22 +91,5 @@ def split_files(data_dir: str, split: str, manifest: dict | None = None) -> list
 
 
 def write_manifest(data_dir: str, manifest: dict) -> None:
-    """Writes the manifest atomically and durably (write_json_atomically)."""
-    write_json_atomically(manifest_path(data_dir), manifest, sort_keys=True)
-
-
-def write_json_atomically(path: str, value, sort_keys: bool = False) -> None:
-    """Writes `value` as JSON to `path` atomically and durably: `path`.tmp, fsync, rename over
-    `path`, fsync of its directory. Readers see the old file or the new one, never part."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1, sort_keys=sort_keys)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself on the disk
-    finally:
-        os.close(directory)
+    """Writes the manifest atomically and durably."""
+    atomic_files.write_json_atomically(manifest_path(data_dir), manifest, sort_keys=True)

@@ -17,8 +17,7 @@ import dataclasses
 import json
 import os
 
-from idc_engine import errors
-from idc_engine.data import manifest as manifest_lib
+from idc_engine import atomic_files, errors
 
 EXPORT = "export"
 THRESHOLD_FILE = "threshold.json"
@@ -136,7 +135,7 @@ def load_threshold(paths: ExportPaths, override: float | None = None) -> Thresho
 def write_threshold(export_dir: str, record: dict) -> str:
     """Writes export_dir/threshold.json ({"threshold": float, ...}) atomically and durably."""
     path = ExportPaths.of(export_dir).threshold
-    manifest_lib.write_json_atomically(path, record)
+    atomic_files.write_json_atomically(path, record)
     return path
 
 

@@ -1,0 +1,44 @@
+"""Writing a file so that at every instant it is the old complete one or the new complete one.
+
+Every output a later step reads (manifest.json, threshold.json, evaluation JSON, prediction CSVs,
+the converter's shard folder) goes through here: the new contents are written to a temporary
+name beside the target, flushed to the disk, renamed over the target in one step, and the
+rename itself is flushed (the directory's entry), so a crash or a full disk leaves the old file.
+"""
+
+import contextlib
+import json
+import os
+
+
+def fsync_path(path: str) -> None:
+    """Flushes a file's data, or a directory's entries, to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def replace_atomically(path: str, mode: str = "w", **open_args):
+    """`with replace_atomically(p) as f: f.write(...)`: p is replaced only if the block ends
+    without an exception; otherwise p is untouched and the temporary file removed."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, mode, **open_args) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_path(os.path.dirname(path) or ".")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomically(path: str, value, sort_keys: bool = False) -> None:
+    """Writes `value` as JSON (indent 1, trailing newline) to `path` atomically and durably."""
+    with replace_atomically(path) as f:
+        json.dump(value, f, indent=1, sort_keys=sort_keys)
+        f.write("\n")
