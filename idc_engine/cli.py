@@ -23,6 +23,10 @@ from absl import logging as absl_logging
 
 from idc_engine import errors
 
+# Flags this module defines for a command line belong to that command's module, so its --help
+# lists them and --helpfull groups them under it.
+flags.disclaim_key_flags()
+
 
 def option(default, help_text: str, **metadata):
     """A config field with its flag's help text (dataclasses.field metadata["help"])."""
