@@ -73,9 +73,9 @@ def synthetic_png_files(work: str, count: int) -> list:
 
 def load_images(paths: list, count: int) -> np.ndarray:
     """uint8 [count, 50, 50, 3]: the decoded files, repeated if there are fewer."""
-    from idc_engine import predict
+    from idc_engine.inference import patch_files
 
-    decoded = [d.image for d in map(predict.decode_file, paths) if d.image is not None]
+    decoded = [d.image for d in map(patch_files.decode_file, paths) if d.image is not None]
     images = np.stack(decoded)
     return images[np.arange(count) % len(images)]
 
@@ -94,8 +94,7 @@ def main(argv) -> None:
     # TensorFlow's INFO lines (SavedModel writing, logged through absl) would bury the table
     absl_logging.set_verbosity(absl_logging.WARNING)
 
-    from idc_engine import predict
-    from idc_engine.inference import serving
+    from idc_engine.inference import patch_files, prediction_rows, serving
     from idc_engine.input import pipeline
     from idc_engine.models.preprocessing import model_input
     from idc_engine.training import run_dir
@@ -154,11 +153,11 @@ def main(argv) -> None:
         threshold = run_dir.DEFAULT_THRESHOLD
 
         def run_predict_files():
-            for _ in predict.predict_files(served, png_files, threshold, 256, FLAGS.decode_threads):
+            for _ in prediction_rows.predict_files(served, png_files, threshold, 256, FLAGS.decode_threads):
                 pass
 
         def run_decode():
-            for _ in predict.decode_files(png_files, FLAGS.decode_threads):
+            for _ in patch_files.decode_files(png_files, FLAGS.decode_threads):
                 pass
 
         batch_sizes = [int(b) for b in FLAGS.batch_sizes]
