@@ -83,6 +83,10 @@ def test_layers_explained_by_default():
     assert gradcam.default_gradcam_layer(cancernet) == "block3_bn3"
     assert gradcam.block_output_layers(cancernet) == {
         "block1": "block1_bn1", "block2": "block2_bn2", "block3": "block3_bn3"}
+    with pytest.raises(gradcam.ExplainError, match=r"--layer='nope' is not a layer of the model; "
+                       r"4D layers: block1_sepconv1, .*block3_bn3$"):
+        gradcam.check_layer(cancernet, "nope")
+    gradcam.check_layer(cancernet, "block2_bn2")
     plain = models.build_model("plain_cnn", (50, 50, 3))
     assert gradcam.default_gradcam_layer(plain) == "block3_relu"
     assert gradcam.block_output_layers(plain) == {

@@ -260,6 +260,32 @@ def test_a_missing_split_fails_before_any_csv_is_left(predictor, tmp_path):
     assert os.listdir(tmp_path) == []  # neither the CSV nor its temporary file
 
 
+def test_write_csv_counts_what_the_summary_reports(tmp_path):
+    def row(**fields):
+        return {**dict.fromkeys(prediction_rows.CSV_COLUMNS, ""), **fields}
+    rows = [row(path="a.png", idc_probability="0.9", predicted_label=1, label=1, patient_id="7",
+                x=1, y=1, note="padded from 40x50 to 50x50"),
+            row(path="b.png", idc_probability="0.1", predicted_label=0, label=1, patient_id="7",
+                x=1, y=1, note="mode L converted to RGB"),
+            row(path="c.png", error="no such file"),
+            row(path="d.png", error="not a readable PNG (truncated)")]
+    output = tmp_path / "deeper" / "p.csv"
+    summary = prediction_csv.write_csv(iter(rows), str(output))
+    assert [r["path"] for r in _read_csv(output)] == ["a.png", "b.png", "c.png", "d.png"]
+    assert os.listdir(output.parent) == ["p.csv"]
+    assert (summary.rows, summary.predicted, summary.predicted_idc) == (4, 2, 1)
+    assert (summary.labelled, summary.true_idc, summary.repeated_patches) == (2, 2, 1)
+    assert (summary.padded, summary.converted) == (1, 1)
+    assert summary.errors == {"no such file": 1, "not a readable PNG": 1}
+    text = prediction_csv.format_summary(summary, run_dir.Threshold(0.5, "--threshold"),
+                                         str(output), patch_files.InputListing([], 3, 0))
+    assert text.startswith("Predicted 2 of 4 files in ")
+    assert "predicted IDC: 1 (50.0%) at threshold 0.5 (from --threshold)" in text
+    assert "1 files repeat the patient, x and y" in text and "ignored: 3 litter files" in text
+    assert "padded to 50x50: 1; converted to RGB: 1" in text and "errors: 2" in text
+    assert text.endswith(f"wrote {output}")
+
+
 # --- the SavedModel against the Keras model ---------------------------------------------------
 
 @pytest.mark.parametrize("image_size", [50, 48])
