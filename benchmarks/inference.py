@@ -73,9 +73,9 @@ def synthetic_png_files(work: str, count: int) -> list:
 
 def load_images(paths: list, count: int) -> np.ndarray:
     """uint8 [count, 50, 50, 3]: the decoded files, repeated if there are fewer."""
-    from idc_engine import predict
+    from idc_engine.inference import patch_files
 
-    decoded = [d.image for d in map(predict.decode_file, paths) if d.image is not None]
+    decoded = [d.image for d in map(patch_files.decode_file, paths) if d.image is not None]
     images = np.stack(decoded)
     return images[np.arange(count) % len(images)]
 
@@ -86,110 +86,134 @@ def _time(fn) -> float:
     return time.perf_counter() - start
 
 
-def main(argv) -> None:
-    del argv
+def benchmark_export(work: str):
+    """(run_dir.ExportPaths, description): --model's export, or an untrained CancerNet's."""
+    from idc_engine.training import run_dir
+
+    if FLAGS.model:
+        paths = run_dir.find_export(FLAGS.model)
+        return paths, paths.export_dir
+    export_untrained_cancernet(os.path.join(work, "export"), FLAGS.image_size)
+    paths = run_dir.find_export(os.path.join(work, "export"))
+    return paths, f"untrained CancerNet {FLAGS.image_size}x{FLAGS.image_size} (export_model)"
+
+
+def benchmark_images(work: str):
+    """(images uint8 [num_images, 50, 50, 3], at most num_png_files PNG paths, description):
+    from --data_dir's split (its first records written as PNG files), else synthetic PNGs."""
+    from idc_engine.input import pipeline
+
+    if FLAGS.data_dir:
+        arrays = pipeline.load_split_arrays(FLAGS.data_dir, FLAGS.split)
+        images = arrays.images[np.arange(FLAGS.num_images) % len(arrays)]
+        png_dir = os.path.join(work, "png")
+        os.makedirs(png_dir)
+        from PIL import Image
+        png_files = []
+        for i in range(min(FLAGS.num_png_files, len(arrays))):
+            png_files.append(os.path.join(png_dir, f"{i:06d}.png"))
+            Image.fromarray(arrays.images[i]).save(png_files[-1])
+        image_source = f"{FLAGS.data_dir} split {FLAGS.split}"
+    else:
+        png_files = synthetic_png_files(work, max(FLAGS.num_png_files, 256))
+        images = load_images(png_files, FLAGS.num_images)
+        image_source = "synthetic PNG patches (idc_engine.synthetic)"
+    return images, png_files[:FLAGS.num_png_files], image_source
+
+
+def timed_paths(paths, pre: dict, images, png_files, batch_sizes) -> dict:
+    """{figure name: (run(), images per run)} for every path measured (the module docstring).
+
+    pre: the export's preprocessing.json; images uint8 [N, 50, 50, 3].
+    """
     import keras
     import tensorflow as tf
+
+    from idc_engine.inference import patch_files, prediction_rows, serving
+    from idc_engine.models.preprocessing import model_input
+    from idc_engine.training import run_dir
+
+    served = serving.ServedModel(paths.saved_model)
+    model = keras.saving.load_model(paths.keras)
+    size, mean, std = int(pre["image_size"]), pre["channel_mean"], pre["channel_std"]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 50, 50, 3], tf.uint8)])
+    def keras_function(batch):
+        return model(model_input(batch, size, mean, std), training=False)[:, 1]
+
+    def batches(batch_size):
+        return [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+
+    def run_saved_model(batch_size):
+        return np.concatenate([served(b) for b in batches(batch_size)])
+
+    def run_keras_function(batch_size):
+        return np.concatenate([keras_function(tf.constant(b)).numpy() for b in batches(batch_size)])
+
+    def run_keras_predict(batch_size):
+        x = model_input(images, size, mean, std)
+        return model.predict(x, batch_size=batch_size, verbose=0)[:, 1]
+
+    threshold = run_dir.DEFAULT_THRESHOLD
+
+    def run_predict_files():
+        for _ in prediction_rows.predict_files(served, png_files, threshold, 256, FLAGS.decode_threads):
+            pass
+
+    def run_decode():
+        for _ in patch_files.decode_files(png_files, FLAGS.decode_threads):
+            pass
+
+    timed = {}
+    for batch_size in batch_sizes:
+        for name, run in (("saved_model", run_saved_model), ("keras_function", run_keras_function),
+                          ("keras_predict", run_keras_predict)):
+            timed[f"{name}_b{batch_size}"] = (lambda b=batch_size, run=run: run(b), len(images))
+    timed["predict_files_png_b256"] = (run_predict_files, len(png_files))
+    timed["png_decode_only"] = (run_decode, len(png_files))
+    return timed
+
+
+def warm_up(timed: dict, batch_sizes) -> float:
+    """Runs every path once (tracing, page cache); returns the largest |difference| between the
+    SavedModel's and the Keras model's probabilities on the same images."""
+    difference = 0.0
+    for batch_size in batch_sizes:
+        reference = timed[f"saved_model_b{batch_size}"][0]()
+        for other in ("keras_function", "keras_predict"):
+            probabilities = timed[f"{other}_b{batch_size}"][0]()
+            difference = max(difference, float(np.max(np.abs(probabilities - reference))))
+    timed["predict_files_png_b256"][0]()
+    return difference
+
+
+def main(argv) -> None:
+    del argv
+    import tensorflow as tf
+
+    from idc_engine.training import run_dir
 
     # TensorFlow's INFO lines (SavedModel writing, logged through absl) would bury the table
     absl_logging.set_verbosity(absl_logging.WARNING)
 
-    from idc_engine import predict
-    from idc_engine.inference import serving
-    from idc_engine.input import pipeline
-    from idc_engine.models.preprocessing import model_input
-    from idc_engine.training import run_dir
-
     work = tempfile.mkdtemp(prefix="idc_bench_inference_")
     try:
-        # --- the model -------------------------------------------------------------------------
-        if FLAGS.model:
-            paths = run_dir.find_export(FLAGS.model)
-            model_source = paths.export_dir
-        else:
-            export_untrained_cancernet(os.path.join(work, "export"), FLAGS.image_size)
-            paths = run_dir.find_export(os.path.join(work, "export"))
-            model_source = f"untrained CancerNet {FLAGS.image_size}x{FLAGS.image_size} (export_model)"
-        pre = run_dir.load_preprocessing(paths)
-        served = serving.ServedModel(paths.saved_model)
-        model = keras.saving.load_model(paths.keras)
-        size, mean, std = int(pre["image_size"]), pre["channel_mean"], pre["channel_std"]
-
-        # --- the images ------------------------------------------------------------------------
-        if FLAGS.data_dir:
-            arrays = pipeline.load_split_arrays(FLAGS.data_dir, FLAGS.split)
-            images = arrays.images[np.arange(FLAGS.num_images) % len(arrays)]
-            png_dir = os.path.join(work, "png")
-            os.makedirs(png_dir)
-            from PIL import Image
-            png_files = []
-            for i in range(min(FLAGS.num_png_files, len(arrays))):
-                png_files.append(os.path.join(png_dir, f"{i:06d}.png"))
-                Image.fromarray(arrays.images[i]).save(png_files[-1])
-            image_source = f"{FLAGS.data_dir} split {FLAGS.split}"
-        else:
-            png_files = synthetic_png_files(work, max(FLAGS.num_png_files, 256))
-            images = load_images(png_files, FLAGS.num_images)
-            image_source = "synthetic PNG patches (idc_engine.synthetic)"
-        png_files = png_files[:FLAGS.num_png_files]
-
-        # --- the paths measured -----------------------------------------------------------------
-        @tf.function(input_signature=[tf.TensorSpec([None, 50, 50, 3], tf.uint8)])
-        def keras_function(batch):
-            return model(model_input(batch, size, mean, std), training=False)[:, 1]
-
-        def batches(batch_size):
-            return [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-
-        def run_saved_model(batch_size):
-            return np.concatenate([served(b) for b in batches(batch_size)])
-
-        def run_keras_function(batch_size):
-            return np.concatenate([keras_function(tf.constant(b)).numpy() for b in batches(batch_size)])
-
-        def run_keras_predict(batch_size):
-            x = model_input(images, size, mean, std)
-            return model.predict(x, batch_size=batch_size, verbose=0)[:, 1]
-
-        threshold = run_dir.DEFAULT_THRESHOLD
-
-        def run_predict_files():
-            for _ in predict.predict_files(served, png_files, threshold, 256, FLAGS.decode_threads):
-                pass
-
-        def run_decode():
-            for _ in predict.decode_files(png_files, FLAGS.decode_threads):
-                pass
-
+        paths, model_source = benchmark_export(work)
+        images, png_files, image_source = benchmark_images(work)
         batch_sizes = [int(b) for b in FLAGS.batch_sizes]
-        timed = {}
-        for batch_size in batch_sizes:
-            timed[f"saved_model_b{batch_size}"] = (lambda b=batch_size: run_saved_model(b), len(images))
-            timed[f"keras_function_b{batch_size}"] = (lambda b=batch_size: run_keras_function(b),
-                                                      len(images))
-            timed[f"keras_predict_b{batch_size}"] = (lambda b=batch_size: run_keras_predict(b),
-                                                     len(images))
-        timed["predict_files_png_b256"] = (run_predict_files, len(png_files))
-        timed["png_decode_only"] = (run_decode, len(png_files))
-
-        # warm-up (tracing, page cache), and the agreement check on the same images
-        difference = 0.0
-        for batch_size in batch_sizes:
-            reference = run_saved_model(batch_size)
-            for other in (run_keras_function, run_keras_predict):
-                difference = max(difference, float(np.max(np.abs(other(batch_size) - reference))))
-        run_predict_files()
+        pre = run_dir.load_preprocessing(paths)
+        timed = timed_paths(paths, pre, images, png_files, batch_sizes)
+        difference = warm_up(timed, batch_sizes)
         rates = {key: [] for key in timed}
-        for _ in range(FLAGS.repeats):
+        for _ in range(FLAGS.repeats):  # the paths alternate: all see the same machine load
             for key, (fn, count) in timed.items():
                 rates[key].append(count / _time(fn))
 
-        # --- the report --------------------------------------------------------------------------
         report = BenchmarkReport("inference", FLAGS.output_dir, config={
             "model": model_source, "images": image_source, "num_images": len(images),
             "num_png_files": len(png_files), "batch_sizes": batch_sizes,
             "decode_threads": FLAGS.decode_threads, "repeats": FLAGS.repeats,
-            "image_size": size, "cores": len(os.sched_getaffinity(0)),
+            "image_size": int(pre["image_size"]), "cores": len(os.sched_getaffinity(0)),
             "devices": [d.name for d in tf.config.list_logical_devices()]})
         for key, values in rates.items():
             report.add(f"{key}_images_per_s", statistics.median(values), all=values)

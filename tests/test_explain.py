@@ -12,14 +12,13 @@ import pytest
 from conftest import TF_STARTUP_LINES, read_records, shard_paths
 from PIL import Image
 
-from idc_engine import explain
-from idc_engine.inference import serving
+from idc_engine.inference import explanation_figures, gradcam, patch_selection, serving
 from idc_engine.training import run_dir
 
 
 @pytest.fixture(scope="session")
 def explainer(trained_model_dir):
-    return explain.Explainer.from_export(trained_model_dir)
+    return gradcam.Explainer.from_export(trained_model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +34,7 @@ def test_grad_cam_heatmaps_are_patch_sized_in_range_and_not_constant(explainer, 
     probabilities = explainer.probabilities(images)
     # the patches the model calls IDC most confidently: their IDC evidence is somewhere
     chosen = np.argsort(-probabilities)[:8]
-    cam = explain.grad_cam(explainer.model, explainer.inputs(images[chosen]))
+    cam = gradcam.grad_cam(explainer.model, explainer.inputs(images[chosen]))
     assert cam.layer == "block3_bn3"
     assert cam.heatmaps.shape == (8, 50, 50) and cam.heatmaps.dtype == np.float32
     assert cam.raw.shape == (8, 12, 12) and (cam.raw >= 0).all()
@@ -48,7 +47,7 @@ def test_grad_cam_heatmaps_are_patch_sized_in_range_and_not_constant(explainer, 
     assert labels[chosen].mean() > 0.5  # the model learnt something: mostly true IDC
 
     # non-IDC evidence is another map
-    other = explain.grad_cam(explainer.model, explainer.inputs(images[chosen]), target_class=0)
+    other = gradcam.grad_cam(explainer.model, explainer.inputs(images[chosen]), target_class=0)
     np.testing.assert_allclose(other.probabilities, 1 - cam.probabilities, atol=1e-5)
     assert not np.allclose(other.raw, cam.raw)
 
@@ -65,59 +64,63 @@ def test_heatmap_to_patch_keeps_cells_where_the_layer_sees_them():
     raw = np.zeros((2, 12, 12), np.float32)
     raw[0, 0, 0] = 1.0      # the top-left cell covers input pixels 0..3
     raw[1, :, 11] = 2.0     # the last column covers 44..47; pixels 48, 49 repeat it
-    maps = explain.heatmap_to_patch(raw, input_size=50)
+    maps = gradcam.heatmap_to_patch(raw, input_size=50)
     assert maps.shape == (2, 50, 50)
     assert np.unravel_index(maps[0].argmax(), (50, 50)) in {(0, 0), (0, 1), (1, 0), (1, 1)}
     assert maps[0, 8:, :].max() == 0 and maps[0, :, 8:].max() == 0
     np.testing.assert_allclose(maps[1, :, 46:], 1.0)
     assert maps[1, :, :40].max() == 0
     # a 48x48 model input maps back over the whole 50x50 patch; a zero map stays zero
-    resized = explain.heatmap_to_patch(raw, input_size=48)
+    resized = gradcam.heatmap_to_patch(raw, input_size=48)
     assert resized.shape == (2, 50, 50) and resized[1, :, 49].min() > 0.9
-    assert explain.heatmap_to_patch(np.zeros((1, 12, 12)), 50).max() == 0
+    assert gradcam.heatmap_to_patch(np.zeros((1, 12, 12)), 50).max() == 0
 
 
 def test_layers_explained_by_default():
     from idc_engine import models
 
     cancernet = models.build_model("cancernet", (50, 50, 3))
-    assert explain.default_gradcam_layer(cancernet) == "block3_bn3"
-    assert explain.block_output_layers(cancernet) == {
+    assert gradcam.default_gradcam_layer(cancernet) == "block3_bn3"
+    assert gradcam.block_output_layers(cancernet) == {
         "block1": "block1_bn1", "block2": "block2_bn2", "block3": "block3_bn3"}
+    with pytest.raises(gradcam.ExplainError, match=r"--layer='nope' is not a layer of the model; "
+                       r"4D layers: block1_sepconv1, .*block3_bn3$"):
+        gradcam.check_layer(cancernet, "nope")
+    gradcam.check_layer(cancernet, "block2_bn2")
     plain = models.build_model("plain_cnn", (50, 50, 3))
-    assert explain.default_gradcam_layer(plain) == "block3_relu"
-    assert explain.block_output_layers(plain) == {
+    assert gradcam.default_gradcam_layer(plain) == "block3_relu"
+    assert gradcam.block_output_layers(plain) == {
         "block1": "block1_relu", "block2": "block2_relu", "block3": "block3_relu"}
     inputs = np.random.default_rng(0).normal(size=(2, 50, 50, 3))
-    cam = explain.grad_cam(plain, inputs)
+    cam = gradcam.grad_cam(plain, inputs)
     assert cam.heatmaps.shape == (2, 50, 50) and cam.raw.shape == (2, 12, 12)
     # a nested backbone: its output in the outer graph, coarse
     mobilenet = models.build_model("mobilenet_v2", (50, 50, 3))
-    assert explain.default_gradcam_layer(mobilenet) == "backbone"
-    assert explain.block_output_layers(mobilenet) == {}
-    cam = explain.grad_cam(mobilenet, inputs)
+    assert gradcam.default_gradcam_layer(mobilenet) == "backbone"
+    assert gradcam.block_output_layers(mobilenet) == {}
+    cam = gradcam.grad_cam(mobilenet, inputs)
     assert cam.heatmaps.shape == (2, 50, 50) and cam.raw.shape == (2, 2, 2)
 
 
 def test_select_records():
     labels = np.array([0] * 10 + [1] * 4)
     probabilities = np.linspace(0.0, 1.0, 14)[np.r_[13:3:-1, 0:4]]  # negatives high, positives low
-    chosen = explain.select_records(probabilities, labels, 6, "random", 0.5, seed=3)
+    chosen = patch_selection.select_records(probabilities, labels, 6, "random", 0.5, seed=3)
     assert len(chosen) == len(set(chosen)) == 6 and labels[chosen].sum() == 3
-    assert set(explain.select_records(None, labels, 20, "random", 0.5)) == set(range(14))
-    errors = explain.select_records(probabilities, labels, 4, "confident_errors", 0.5)
+    assert set(patch_selection.select_records(None, labels, 20, "random", 0.5)) == set(range(14))
+    errors = patch_selection.select_records(probabilities, labels, 4, "confident_errors", 0.5)
     false_negatives = [i for i in range(10, 14) if probabilities[i] < 0.5]
     false_positives = [i for i in range(10) if probabilities[i] >= 0.5]
     assert list(errors[:2]) == sorted(false_negatives, key=lambda i: probabilities[i])[:2]
     assert list(errors[2:]) == sorted(false_positives, key=lambda i: -probabilities[i])[:2]
     with pytest.raises(ValueError, match="selection must be one of"):
-        explain.select_records(probabilities, labels, 2, "best", 0.5)
+        patch_selection.select_records(probabilities, labels, 2, "best", 0.5)
 
 
 def test_feature_mosaic_lays_out_every_channel():
     maps = np.random.default_rng(0).normal(size=(12, 12, 128)).astype(np.float32)
     maps[..., 5] = 3.0  # a constant channel
-    mosaic = explain.feature_mosaic(maps)
+    mosaic = explanation_figures.feature_mosaic(maps)
     assert mosaic.shape == (8 * 13 - 1, 16 * 13 - 1)
     assert np.isnan(mosaic[12]).all() and np.isnan(mosaic[:, 12]).all()  # gaps
     tiles = [mosaic[r * 13:r * 13 + 12, q * 13:q * 13 + 12] for r in range(8) for q in range(16)]

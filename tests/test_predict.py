@@ -18,9 +18,8 @@ from cli_flags import check_every_flag_is_documented
 from conftest import TF_STARTUP_LINES, read_records, shard_paths
 from PIL import Image
 
-from idc_engine import predict
 from idc_engine.data import kaggle_tree, records
-from idc_engine.inference import serving
+from idc_engine.inference import patch_files, prediction_csv, prediction_rows, serving
 from idc_engine.training import run_dir
 
 
@@ -73,9 +72,9 @@ def test_cli_gives_every_good_and_bad_file_a_row_and_goes_on(idc_tree, trained_m
     assert result.returncode == 0, result.stderr_tail
 
     rows = _read_csv(output)
-    assert tuple(rows[0]) == predict.CSV_COLUMNS
+    assert tuple(rows[0]) == prediction_rows.CSV_COLUMNS
     by_path = {row["path"]: row for row in rows}
-    listed = predict.list_inputs([str(p) for p in inputs]).files
+    listed = patch_files.list_inputs([str(p) for p in inputs]).files
     assert [row["path"] for row in rows] == listed  # one row per input, in order
     assert not any(os.path.basename(p).startswith(("._", ".DS")) or p.endswith(".txt")
                    for p in by_path)
@@ -116,7 +115,7 @@ def test_cli_gives_every_good_and_bad_file_a_row_and_goes_on(idc_tree, trained_m
     assert f"Predicted {len(predicted):,} of {len(rows):,} files" in result.stdout
     assert f"errors: {errors:,}" in result.stdout and "images/s" in result.stdout
     assert f"threshold {threshold:g} (from {threshold_file})" in result.stdout
-    listing = predict.list_inputs([str(p) for p in inputs])
+    listing = patch_files.list_inputs([str(p) for p in inputs])
     assert listing.ignored_litter >= 2 and listing.ignored_other >= 1  # bad_dir's at least
     assert (f"ignored: {listing.ignored_litter:,} litter files (.DS_Store, Thumbs.db, ._*), "
             f"{listing.ignored_other:,} non-PNG files") in result.stdout
@@ -141,12 +140,12 @@ def test_undersized_patches_get_the_converters_pixels_and_probability(idc_tree, 
     stored = {(r["patient_id"], r["x"], r["y"]): r
               for path in shard_paths(data_dir, manifest) for r in read_records(path)}
     paths = [os.path.join(root, u["path"]) for u in summary["undersized"]]
-    rows = list(predict.predict_files(predictor, paths, 0.5, batch_size=3))
+    rows = list(prediction_rows.predict_files(predictor, paths, 0.5, batch_size=3))
     assert len(rows) == len(paths) >= 3
     for path, row in zip(paths, rows):
         parsed = kaggle_tree.parse_patch_name(os.path.basename(path))
         record = stored[(parsed.patient, parsed.x, parsed.y)]
-        decoded = predict.decode_file(path)
+        decoded = patch_files.decode_file(path)
         np.testing.assert_array_equal(decoded.image, record["image"])  # same bytes, same padding
         assert (decoded.height, decoded.width) == (record["height"], record["width"])
         assert (decoded.image[record["height"]:] == 255).all()
@@ -160,14 +159,14 @@ def test_decode_file_never_raises(bad_dir, tmp_path):
     folder.mkdir()
     huge = tmp_path / "huge.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (800, 900, 3), np.uint8)).save(huge)
-    assert os.path.getsize(huge) > predict._HEADER_CHECK_BYTES  # refused from its header
+    assert os.path.getsize(huge) > patch_files.HEADER_CHECK_BYTES  # refused from its header
     cases = {bad_dir / "text.png": "not a readable PNG", bad_dir / "empty.png": "empty file",
              folder: "is a directory", huge: "larger than 50x50 (use the converter's patch size)",
              tmp_path / "missing.png": "no such file"}
     for path, reason in cases.items():
-        decoded = predict.decode_file(str(path))
+        decoded = patch_files.decode_file(str(path))
         assert decoded.image is None and decoded.error.startswith(reason), (path, decoded.error)
-    assert "BytesIO" not in predict.decode_file(str(bad_dir / "text.png")).error
+    assert "BytesIO" not in patch_files.decode_file(str(bad_dir / "text.png")).error
 
 
 def test_list_inputs_walks_folders_sorted_and_skips_litter(tmp_path):
@@ -176,7 +175,7 @@ def test_list_inputs_walks_folders_sorted_and_skips_litter(tmp_path):
         path = tmp_path / "tree" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
-    listing = predict.list_inputs([str(tmp_path / "tree"), str(tmp_path / "given.jpg")])
+    listing = patch_files.list_inputs([str(tmp_path / "tree"), str(tmp_path / "given.jpg")])
     tree = str(tmp_path / "tree")
     assert listing.files == [f"{tree}/a.png", f"{tree}/b/0/a.PNG", f"{tree}/b/1/z.png",
                              str(tmp_path / "given.jpg")]  # named files are tried as given
@@ -189,11 +188,11 @@ def test_threshold_json_is_respected(idc_tree, trained_model_dir, tmp_path):
     export = tmp_path / "export"
     shutil.copytree(run_dir.find_export(trained_model_dir).export_dir, export)
     root, _ = idc_tree
-    listing = predict.list_inputs([root])
+    listing = patch_files.list_inputs([root])
     files = listing.files[:300]
     model = serving.ServedModel(str(export / "saved_model"))
     probabilities = np.array([float(r["idc_probability"]) for r in
-                              predict.predict_files(model, files, 0.5) if not r["error"]])
+                              prediction_rows.predict_files(model, files, 0.5) if not r["error"]])
     chosen = float(np.quantile(probabilities, 0.7))  # a threshold that splits these patches
     (export / "threshold.json").write_text(json.dumps({"threshold": chosen, "metric": "idc_f1"}))
 
@@ -256,9 +255,35 @@ def test_a_missing_split_fails_before_any_csv_is_left(predictor, tmp_path):
     from idc_engine.data.manifest import ManifestError
 
     with pytest.raises(ManifestError, match="does not exist"):
-        predict.write_csv(predict.predict_split(predictor, str(tmp_path / "none"), "test", 0.5),
-                          str(tmp_path / "x.csv"))
+        rows = prediction_rows.predict_split_rows(predictor, str(tmp_path / "none"), "test", 0.5)
+        prediction_csv.write_csv(rows, str(tmp_path / "x.csv"))
     assert os.listdir(tmp_path) == []  # neither the CSV nor its temporary file
+
+
+def test_write_csv_counts_what_the_summary_reports(tmp_path):
+    def row(**fields):
+        return {**dict.fromkeys(prediction_rows.CSV_COLUMNS, ""), **fields}
+    rows = [row(path="a.png", idc_probability="0.9", predicted_label=1, label=1, patient_id="7",
+                x=1, y=1, note="padded from 40x50 to 50x50"),
+            row(path="b.png", idc_probability="0.1", predicted_label=0, label=1, patient_id="7",
+                x=1, y=1, note="mode L converted to RGB"),
+            row(path="c.png", error="no such file"),
+            row(path="d.png", error="not a readable PNG (truncated)")]
+    output = tmp_path / "deeper" / "p.csv"
+    summary = prediction_csv.write_csv(iter(rows), str(output))
+    assert [r["path"] for r in _read_csv(output)] == ["a.png", "b.png", "c.png", "d.png"]
+    assert os.listdir(output.parent) == ["p.csv"]
+    assert (summary.rows, summary.predicted, summary.predicted_idc) == (4, 2, 1)
+    assert (summary.labelled, summary.true_idc, summary.repeated_patches) == (2, 2, 1)
+    assert (summary.padded, summary.converted) == (1, 1)
+    assert summary.errors == {"no such file": 1, "not a readable PNG": 1}
+    text = prediction_csv.format_summary(summary, run_dir.Threshold(0.5, "--threshold"),
+                                         str(output), patch_files.InputListing([], 3, 0))
+    assert text.startswith("Predicted 2 of 4 files in ")
+    assert "predicted IDC: 1 (50.0%) at threshold 0.5 (from --threshold)" in text
+    assert "1 files repeat the patient, x and y" in text and "ignored: 3 litter files" in text
+    assert "padded to 50x50: 1; converted to RGB: 1" in text and "errors: 2" in text
+    assert text.endswith(f"wrote {output}")
 
 
 # --- the SavedModel against the Keras model ---------------------------------------------------
