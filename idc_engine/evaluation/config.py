@@ -20,34 +20,29 @@ class EvaluationError(errors.EngineError, ValueError):
 
 @dataclasses.dataclass
 class EvaluateConfig:
-    model_dir: str = cli.option(
-        "",
-        "A training run (python -m idc_engine.train): its export/saved_model is evaluated, the "
-        "chosen threshold goes to its export/threshold.json and the metrics to its TensorBoard.")
+    model_dir: str = cli.option("", "A training run (python -m idc_engine.train): its "
+                                "export/saved_model is evaluated, the chosen threshold goes to "
+                                "its export/threshold.json and the metrics to its TensorBoard.")
     data_dir: str = cli.option("", "A directory written by python -m idc_engine.convert.")
     split: str = cli.option("test", "The split to evaluate (train, val, test).")
-    threshold: str = cli.option(
-        thresholds.DEFAULT_RULE,
-        f"Decision threshold on IDC probability: {thresholds.RULE_HELP}. A rule is applied on "
-        "--threshold_split and the threshold it finds is used unchanged on --split. max_f1: best "
-        "IDC F1; youden: best sensitivity + specificity - 1; recall:0.90: the highest threshold "
-        "with IDC sensitivity >= 0.90; specificity:0.95: the lowest with IDC specificity >= 0.95.")
-    threshold_split: str = cli.option(
-        "val",
-        "The split the threshold is chosen on: val, or train; test is refused (a threshold "
-        "chosen on the test labels makes every test figure optimistic).")
-    bootstrap: int = cli.option(
-        1000,
-        "Bootstrap replicates over patients for the 95% confidence intervals (0: none).")
+    threshold: str = cli.option(thresholds.DEFAULT_RULE, "Decision threshold on IDC probability: "
+                                f"{thresholds.RULE_HELP}. A rule is applied on --threshold_split "
+                                "and the threshold it finds is used unchanged on --split. max_f1: "
+                                "best IDC F1; youden: best sensitivity + specificity - 1; "
+                                "recall:0.90: the highest threshold with IDC sensitivity >= 0.90; "
+                                "specificity:0.95: the lowest with IDC specificity >= 0.95.")
+    threshold_split: str = cli.option("val", "The split the threshold is chosen on: val, or "
+                                      "train; test is refused (a threshold chosen on the test "
+                                      "labels makes every test figure optimistic).")
+    bootstrap: int = cli.option(1000, "Bootstrap replicates over patients for the 95% confidence "
+                                "intervals (0: none).")
     seed: int = cli.option(0, "Seed of the bootstrap: the same seed gives the same intervals.")
-    slides: str = cli.option(
-        "4",
-        "Slide maps (tissue, true IDC, predicted IDC probability) to draw: all; a count N "
-        "(patients spread over the range of IDC extent); or comma-separated patient ids (a "
-        "number that is a patient id of the split is taken as that id); 0: none.")
-    output_dir: str = cli.option(
-        "",
-        "Where metrics.json, the figures and slides/ go; default <model_dir>/evaluation/<split>.")
+    slides: str = cli.option("4", "Slide maps (tissue, true IDC, predicted IDC probability) to "
+                             "draw: all; a count N (patients spread over the range of IDC "
+                             "extent); or comma-separated patient ids (a number that is a "
+                             "patient id of the split is taken as that id); 0: none.")
+    output_dir: str = cli.option("", "Where metrics.json, the figures and slides/ go; default "
+                                 "<model_dir>/evaluation/<split>.")
     batch_size: int = cli.option(512, "Patches per call of the served model.")
 
     @property
