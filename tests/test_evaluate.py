@@ -22,8 +22,9 @@ from sklearn import metrics as sk
 from idc_engine.data import manifest as manifest_lib
 from idc_engine.data import records
 from idc_engine.data.manifest import ManifestError
-from idc_engine.evaluate import EvaluateConfig, EvaluationError, evaluate
 from idc_engine.evaluation import patients, plots
+from idc_engine.evaluation.config import EvaluateConfig, EvaluationError
+from idc_engine.evaluation.run import evaluate
 from idc_engine.scoring import metrics as metrics_lib
 from idc_engine.scoring import thresholds
 

@@ -68,7 +68,7 @@ def test_render_slide_map_writes_a_png(tmp_path):
 def test_a_reassembled_slide_matches_the_patch_files_of_the_tree(idc_tree, converted):
     """The converted records of one patient, put back at their (x, y), show exactly the PNG file
     named by that (x, y) in the Kaggle tree (undersized edge patches: their stored part)."""
-    from idc_engine.evaluate import read_patient_patches
+    from idc_engine.evaluation.slide_patches import read_patient_patches
 
     root, _ = idc_tree
     data_dir, manifest = converted

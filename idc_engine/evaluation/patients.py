@@ -187,6 +187,33 @@ class _PooledPatches:
 
 # --- bootstrap ---------------------------------------------------------------------------------
 
+def _percentile_interval(estimate: float, values: np.ndarray, confidence: float,
+                         num_patients: int) -> dict:
+    """{"estimate", "low", "high", "num_valid"} from one metric's replicates (values float [S],
+    nan where undefined); low and high are nan with fewer than 2 patients."""
+    tail = (1 - confidence) / 2 * 100
+    valid = values[np.isfinite(values)]
+    low = high = math.nan
+    if num_patients >= 2 and len(valid):
+        low, high = (float(v) for v in np.percentile(valid, [tail, 100 - tail]))
+    return {"estimate": estimate, "low": low, "high": high, "num_valid": int(len(valid))}
+
+
+def _replicates(replicate, draws: np.ndarray, num_patients: int) -> tuple[dict, dict]:
+    """({patch metric: float [S]}, {patient metric: float [S]}) over the S rows of `draws`
+    (int [S, P], the patients drawn); replicate(weights float [P]) -> (patch, patient) dicts."""
+    num_samples = len(draws)
+    patch_values = {k: np.full(num_samples, np.nan) for k in PATCH_CI_METRICS}
+    patient_values = {k: np.full(num_samples, np.nan) for k in PATIENT_CI_METRICS}
+    for i, draw in enumerate(draws):
+        patch, patient = replicate(np.bincount(draw, minlength=num_patients).astype(np.float64))
+        for k in PATCH_CI_METRICS:
+            patch_values[k][i] = patch[k]
+        for k in PATIENT_CI_METRICS:
+            patient_values[k][i] = patient[k]
+    return patch_values, patient_values
+
+
 def bootstrap(patient_ids, labels, idc_probability, threshold: float, num_samples: int = 1000,
               seed: int = 0, confidence: float = 0.95) -> dict:
     """Percentile confidence intervals by resampling patients with replacement.
@@ -223,26 +250,12 @@ def bootstrap(patient_ids, labels, idc_probability, threshold: float, num_sample
         return pooled.metrics(weights), _patient_metrics(arrays, weights)
 
     patch_estimate, patient_estimate = replicate(np.ones(num_patients))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, num_patients, size=(num_samples, num_patients))
-    patch_values = {k: np.full(num_samples, np.nan) for k in PATCH_CI_METRICS}
-    patient_values = {k: np.full(num_samples, np.nan) for k in PATIENT_CI_METRICS}
-    for i, draw in enumerate(draws):
-        patch, patient = replicate(np.bincount(draw, minlength=num_patients).astype(np.float64))
-        for k in PATCH_CI_METRICS:
-            patch_values[k][i] = patch[k]
-        for k in PATIENT_CI_METRICS:
-            patient_values[k][i] = patient[k]
+    draws = np.random.default_rng(seed).integers(0, num_patients,
+                                                 size=(num_samples, num_patients))
+    patch_values, patient_values = _replicates(replicate, draws, num_patients)
 
-    tail = (1 - confidence) / 2 * 100
-
-    def interval(estimate, values):
-        valid = values[np.isfinite(values)]
-        low = high = math.nan
-        if num_patients >= 2 and len(valid):
-            low, high = (float(v) for v in np.percentile(valid, [tail, 100 - tail]))
-        return {"estimate": estimate, "low": low, "high": high, "num_valid": int(len(valid))}
-
+    interval = lambda estimate, values: _percentile_interval(estimate, values, confidence,
+                                                              num_patients)
     return {
         "patch": {k: interval(patch_estimate[k], patch_values[k]) for k in PATCH_CI_METRICS},
         "patient": {k: interval(patient_estimate[k], patient_values[k])

@@ -26,7 +26,7 @@ from sklearn import metrics as sk  # noqa: E402
 from idc_engine.scoring.metrics import CLASS_NAMES  # noqa: E402
 
 DPI = 200
-_STYLE = {
+STYLE = {
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
     "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False,
     "axes.spines.right": False, "figure.dpi": DPI, "savefig.dpi": DPI,
@@ -37,7 +37,8 @@ NON_IDC_COLOUR = "#2e86c1"  # blue: non-IDC
 MODEL_COLOUR = "#1b2631"
 
 
-def _save(figure, path: str) -> str:
+def save_figure(figure, path: str) -> str:
+    """Writes the figure to path (PNG, its folder made if needed), closes it; returns path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
@@ -55,7 +56,7 @@ def plot_confusion_matrix(matrix, threshold: float, path: str, title: str = "") 
     matrix = np.asarray(matrix, np.int64)
     rows = np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     share = matrix / rows
-    with plt.rc_context({**_STYLE, "axes.grid": False}):
+    with plt.rc_context({**STYLE, "axes.grid": False}):
         figure, axes = plt.subplots(figsize=(3.6, 3.1))
         image = axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for i in range(2):
@@ -72,7 +73,32 @@ def plot_confusion_matrix(matrix, threshold: float, path: str, title: str = "") 
         bar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
         bar.set_label("share of the true class")
         axes.set_title(title or "confusion matrix (patches)")
-        return _save(figure, path)
+        return save_figure(figure, path)
+
+
+def _point_label(operating_point: dict, first: tuple[str, str], second: tuple[str, str]) -> str:
+    """"threshold 0.42: sens 0.812, spec 0.903": the threshold, then two (shown name, key) values
+    of operating_point."""
+    (first_name, first_key), (second_name, second_key) = first, second
+    return (f"threshold {operating_point['threshold']:.3g}: {first_name} "
+            f"{operating_point[first_key]:.3f}, {second_name} {operating_point[second_key]:.3f}")
+
+
+def _finish_unit_square(axes, point: tuple | None, xlabel: str, ylabel: str, legend_loc: str,
+                        title: str) -> None:
+    """What the ROC and precision-recall figures share after their curves: the operating point
+    (x, y, legend label) when given, the axis labels, the unit square at equal aspect, the legend
+    and the title."""
+    if point:
+        x, y, label = point
+        axes.plot(x, y, "o", color=IDC_COLOUR, ms=6, label=label)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_xlim(-0.01, 1.01)
+    axes.set_ylim(-0.01, 1.01)
+    axes.set_aspect("equal")
+    axes.legend(loc=legend_loc)
+    axes.set_title(title)
 
 
 def plot_roc(labels, idc_probability, path: str, operating_point: dict | None = None,
@@ -80,25 +106,20 @@ def plot_roc(labels, idc_probability, path: str, operating_point: dict | None = 
     """operating_point: {"idc_sensitivity", "idc_specificity", "threshold"} at the threshold."""
     fpr, tpr, _ = sk.roc_curve(labels, idc_probability)
     auc = sk.auc(fpr, tpr)
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(3.6, 3.6))
         axes.plot(fpr, tpr, color=MODEL_COLOUR, lw=1.6, label=f"model, AUC {auc:.3f}"
                   + _ci(auc_interval))
         axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="chance")
+        point = None
         if operating_point:
-            axes.plot(1 - operating_point["idc_specificity"], operating_point["idc_sensitivity"],
-                      "o", color=IDC_COLOUR, ms=6,
-                      label=f"threshold {operating_point['threshold']:.3g}: sens "
-                            f"{operating_point['idc_sensitivity']:.3f}, spec "
-                            f"{operating_point['idc_specificity']:.3f}")
-        axes.set_xlabel("1 - IDC specificity (false positive rate)")
-        axes.set_ylabel("IDC sensitivity (true positive rate)")
-        axes.set_xlim(-0.01, 1.01)
-        axes.set_ylim(-0.01, 1.01)
-        axes.set_aspect("equal")
-        axes.legend(loc="lower right")
-        axes.set_title(title or "ROC curve (patches)")
-        return _save(figure, path)
+            point = (1 - operating_point["idc_specificity"], operating_point["idc_sensitivity"],
+                     _point_label(operating_point, ("sens", "idc_sensitivity"),
+                                  ("spec", "idc_specificity")))
+        _finish_unit_square(axes, point, "1 - IDC specificity (false positive rate)",
+                            "IDC sensitivity (true positive rate)", "lower right",
+                            title or "ROC curve (patches)")
+        return save_figure(figure, path)
 
 
 def plot_precision_recall(labels, idc_probability, path: str, operating_point: dict | None = None,
@@ -108,26 +129,20 @@ def plot_precision_recall(labels, idc_probability, path: str, operating_point: d
     precision, recall, _ = sk.precision_recall_curve(labels, idc_probability)
     ap = sk.average_precision_score(labels, idc_probability)
     prevalence = float(np.mean(labels == 1))
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(3.6, 3.6))
         axes.step(recall, precision, where="post", color=MODEL_COLOUR, lw=1.6,
                   label=f"model, AP {ap:.3f}" + _ci(ap_interval))
         axes.axhline(prevalence, ls="--", color="grey", lw=0.8,
                      label=f"chance (IDC prevalence {prevalence:.3f})")
+        point = None
         if operating_point:
-            axes.plot(operating_point["idc_sensitivity"], operating_point["idc_precision"], "o",
-                      color=IDC_COLOUR, ms=6,
-                      label=f"threshold {operating_point['threshold']:.3g}: recall "
-                            f"{operating_point['idc_sensitivity']:.3f}, precision "
-                            f"{operating_point['idc_precision']:.3f}")
-        axes.set_xlabel("IDC recall (sensitivity)")
-        axes.set_ylabel("IDC precision (PPV)")
-        axes.set_xlim(-0.01, 1.01)
-        axes.set_ylim(-0.01, 1.01)
-        axes.set_aspect("equal")
-        axes.legend(loc="lower left")
-        axes.set_title(title or "precision-recall curve (patches)")
-        return _save(figure, path)
+            point = (operating_point["idc_sensitivity"], operating_point["idc_precision"],
+                     _point_label(operating_point, ("recall", "idc_sensitivity"),
+                                  ("precision", "idc_precision")))
+        _finish_unit_square(axes, point, "IDC recall (sensitivity)", "IDC precision (PPV)",
+                            "lower left", title or "precision-recall curve (patches)")
+        return save_figure(figure, path)
 
 
 def plot_calibration(calibration: dict, brier_score: float, path: str, title: str = "") -> str:
@@ -137,7 +152,7 @@ def plot_calibration(calibration: dict, brier_score: float, path: str, title: st
     mean_prob = np.asarray(calibration["mean_probability"], np.float64)
     observed = np.asarray(calibration["observed_idc_fraction"], np.float64)
     filled = count > 0
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         figure, (axes, hist) = plt.subplots(
             2, 1, figsize=(3.6, 4.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
         axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect calibration")
@@ -156,7 +171,7 @@ def plot_calibration(calibration: dict, brier_score: float, path: str, title: st
         hist.set_xlabel("predicted IDC probability (bin mean)")
         hist.set_ylabel("patches")
         figure.align_ylabels([axes, hist])
-        return _save(figure, path)
+        return save_figure(figure, path)
 
 
 def plot_patient_fractions(rows: list[dict], path: str, patient_metrics: dict | None = None,
@@ -165,7 +180,7 @@ def plot_patient_fractions(rows: list[dict], path: str, patient_metrics: dict | 
     true = np.array([r["true_idc_fraction"] for r in rows])
     predicted = np.array([r["predicted_idc_fraction"] for r in rows])
     sizes = np.array([r["num_patches"] for r in rows], np.float64)
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(3.8, 3.8))
         axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="identity")
         label = "patient (area ~ patches)"
@@ -186,14 +201,14 @@ def plot_patient_fractions(rows: list[dict], path: str, patient_metrics: dict | 
         axes.set_aspect("equal")
         axes.legend(loc="upper left")
         axes.set_title(title or f"IDC extent per patient ({len(rows)} patients)")
-        return _save(figure, path)
+        return save_figure(figure, path)
 
 
 def plot_threshold_choice(points: dict, threshold: float, rule: str, path: str,
                           split: str = "val") -> str:
     """points: idc_engine.scoring.thresholds.operating_points on the threshold split."""
     t = points["threshold"]
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(4.4, 3.2))
         axes.plot(t, points["idc_f1"], color=MODEL_COLOUR, lw=1.4, label="IDC F1")
         axes.plot(t, points["idc_sensitivity"], color=IDC_COLOUR, lw=1.2,
@@ -209,7 +224,7 @@ def plot_threshold_choice(points: dict, threshold: float, rule: str, path: str,
         axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, frameon=False)
         axes.set_title(f"threshold chosen on the {split} split "
                        f"({int(points['tp'][-1] + points['fp'][-1]):,} patches)")
-        return _save(figure, path)
+        return save_figure(figure, path)
 
 
 def read_scalars(event_dir: str) -> dict:
@@ -244,7 +259,7 @@ def plot_training_curves(tensorboard_dir: str, path: str, exported_step: int | N
     val = read_scalars(os.path.join(tensorboard_dir, "validation"))
     if not any(tag in logs for logs in (train, val) for tag in ("loss", "accuracy")):
         return None
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         figure, panels = plt.subplots(1, 2, figsize=(7.4, 3.0))
         for axes, tag, name in ((panels[0], "loss", "cross-entropy loss"),
                                 (panels[1], "accuracy", "accuracy")):
@@ -265,4 +280,4 @@ def plot_training_curves(tensorboard_dir: str, path: str, exported_step: int | N
         panels[0].set_title("loss")
         panels[1].set_title("accuracy (threshold 0.5)")
         figure.tight_layout()
-        return _save(figure, path)
+        return save_figure(figure, path)

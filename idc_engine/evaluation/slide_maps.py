@@ -15,7 +15,6 @@ Undersized edge patches are stored padded with white at the bottom/right, so dra
 """
 
 import math
-import os
 
 import matplotlib
 
@@ -30,6 +29,7 @@ from idc_engine.data import records  # noqa: E402
 from idc_engine.evaluation import plots  # noqa: E402
 
 MAX_MOSAIC_PIXELS = 1600  # the mosaic is downsampled so its longer side is at most this
+OUTLINE_COLOUR = "#00bcd4"  # cyan: the outline of the true IDC patches on the probability map
 
 
 def slide_origin(x, y) -> tuple[int, int]:
@@ -103,6 +103,55 @@ def outline_segments(mask, x0: int, y0: int, patch: int = records.PATCH_SIZE) ->
     return segments
 
 
+def _figure_size(height: int, width: int) -> tuple[float, float]:
+    """Three panels at one slide scale, at most 3.7 in wide and 4.6 in tall each; tall slides
+    keep a panel slot of >= 2.3 in so the two-line titles fit."""
+    panel_height = min(4.6, 3.7 * height / width)
+    panel_width = panel_height * width / height
+    return 3 * max(panel_width, 2.3) + 2.0, panel_height + 1.9
+
+
+def _draw_truth(axes, truth: np.ndarray, grid_extent, labels: np.ndarray) -> None:
+    """The ground-truth panel: truth float [rows, cols] (0, 1, nan where no patch)."""
+    cmap = ListedColormap([plots.NON_IDC_COLOUR + "55", plots.IDC_COLOUR]).with_extremes(
+        bad="white")
+    axes.imshow(np.ma.masked_invalid(truth), cmap=cmap, vmin=0, vmax=1, extent=grid_extent,
+                interpolation="nearest")
+    num_idc = int((labels == 1).sum())
+    axes.set_title(f"ground truth\n{num_idc:,} IDC patches "
+                   f"({num_idc / max(len(labels), 1):.1%})")
+
+
+def _draw_probability(axes, predicted: np.ndarray, truth_outline: list, grid_extent,
+                      prob: np.ndarray, threshold: float):
+    """The predicted-probability panel, outlined where the truth is IDC; returns its image.
+
+    predicted float [rows, cols] (nan where no patch); prob float64 [N]."""
+    cmap = plt.get_cmap("magma_r").with_extremes(bad="white")
+    image = axes.imshow(np.ma.masked_invalid(predicted), cmap=cmap, vmin=0, vmax=1,
+                        extent=grid_extent, interpolation="nearest")
+    axes.add_collection(LineCollection(truth_outline, colors=OUTLINE_COLOUR, linewidths=0.9))
+    called = float(np.mean(prob >= threshold)) if len(prob) else math.nan
+    axes.set_title(f"predicted IDC probability\n{called:.1%} of patches >= "
+                   f"threshold {threshold:.3g}")
+    return image
+
+
+def _add_legend_and_colour_bar(figure, image, axes, threshold: float) -> None:
+    """The figure's legend (classes, no patch, outline) and the probability's colour bar with
+    the threshold marked."""
+    figure.legend(handles=[Patch(color=plots.IDC_COLOUR, label="IDC (ground truth)"),
+                           Patch(color=plots.NON_IDC_COLOUR + "55", label="non-IDC (ground truth)"),
+                           Patch(facecolor="white", edgecolor="grey", label="no patch"),
+                           Patch(facecolor="none", edgecolor=OUTLINE_COLOUR,
+                                 label="outline of the true IDC patches")],
+                  loc="outside lower center", ncols=4, fontsize=8, frameon=False)
+    # an inset follows the panel's equal-aspect box, so the bar is exactly as tall as the map
+    bar = figure.colorbar(image, cax=axes.inset_axes([1.04, 0.0, 0.035, 1.0]))
+    bar.set_label(f"IDC probability (green: threshold {threshold:.3g})")
+    bar.ax.axhline(threshold, color="#00e676", lw=2.5)
+
+
 def render_slide_map(path: str, patient_id: str, images, labels, idc_probability, x, y,
                      threshold: float, subtitle: str = "", patch: int = records.PATCH_SIZE) -> str:
     """Writes the three-panel slide map of one patient to `path` (PNG); returns the path.
@@ -118,44 +167,16 @@ def render_slide_map(path: str, patient_id: str, images, labels, idc_probability
     # extent in slide pixels: (left, right, bottom, top) with y growing downwards, like the slide
     extent = (x0, x0 + width, y0 + height, y0)
     grid_extent = (x0, x0 + truth.shape[1] * patch, y0 + truth.shape[0] * patch, y0)
-
-    truth_cmap = ListedColormap([plots.NON_IDC_COLOUR + "55", plots.IDC_COLOUR]).with_extremes(
-        bad="white")
-    prob_cmap = plt.get_cmap("magma_r").with_extremes(bad="white")
-    # three panels at one slide scale, at most 3.7 in wide and 4.6 in tall each; tall slides
-    # keep a panel slot of >= 2.3 in so the two-line titles fit
-    panel_height = min(4.6, 3.7 * height / width)
-    panel_width = panel_height * width / height
-    figsize = (3 * max(panel_width, 2.3) + 2.0, panel_height + 1.9)
-    with plt.rc_context({**plots._STYLE, "axes.grid": False}):
-        figure, panels = plt.subplots(1, 3, figsize=figsize, sharex=True, sharey=True,
-                                      layout="constrained")
+    with plt.rc_context({**plots.STYLE, "axes.grid": False}):
+        figure, panels = plt.subplots(1, 3, figsize=_figure_size(height, width), sharex=True,
+                                      sharey=True, layout="constrained")
         panels[0].imshow(_downsample(mosaic, MAX_MOSAIC_PIXELS), extent=extent,
                          interpolation="antialiased")
         panels[0].set_title(f"tissue\n{len(labels):,} patches of {patch}x{patch} px")
-        panels[1].imshow(np.ma.masked_invalid(truth), cmap=truth_cmap, vmin=0, vmax=1,
-                         extent=grid_extent, interpolation="nearest")
-        num_idc = int((labels == 1).sum())
-        panels[1].set_title(f"ground truth\n{num_idc:,} IDC patches "
-                            f"({num_idc / max(len(labels), 1):.1%})")
-        image = panels[2].imshow(np.ma.masked_invalid(predicted), cmap=prob_cmap, vmin=0,
-                                 vmax=1, extent=grid_extent, interpolation="nearest")
-        panels[2].add_collection(LineCollection(outline_segments(truth == 1, x0, y0, patch),
-                                                colors="#00bcd4", linewidths=0.9))
-        called = float(np.mean(prob >= threshold)) if len(prob) else math.nan
-        panels[2].set_title(f"predicted IDC probability\n{called:.1%} of patches >= "
-                            f"threshold {threshold:.3g}")
-        figure.legend(handles=[Patch(color=plots.IDC_COLOUR, label="IDC (ground truth)"),
-                               Patch(color=plots.NON_IDC_COLOUR + "55",
-                                     label="non-IDC (ground truth)"),
-                               Patch(facecolor="white", edgecolor="grey", label="no patch"),
-                               Patch(facecolor="none", edgecolor="#00bcd4",
-                                     label="outline of the true IDC patches")],
-                      loc="outside lower center", ncols=4, fontsize=8, frameon=False)
-        # an inset follows the panel's equal-aspect box, so the bar is exactly as tall as the map
-        bar = figure.colorbar(image, cax=panels[2].inset_axes([1.04, 0.0, 0.035, 1.0]))
-        bar.set_label(f"IDC probability (green: threshold {threshold:.3g})")
-        bar.ax.axhline(threshold, color="#00e676", lw=2.5)
+        _draw_truth(panels[1], truth, grid_extent, labels)
+        image = _draw_probability(panels[2], predicted, outline_segments(truth == 1, x0, y0, patch),
+                                  grid_extent, prob, threshold)
+        _add_legend_and_colour_bar(figure, image, panels[2], threshold)
         for axes in panels:
             axes.set_xlim(extent[0], max(extent[1], grid_extent[1]))
             axes.set_ylim(max(extent[2], grid_extent[2]), extent[3])
@@ -164,10 +185,7 @@ def render_slide_map(path: str, patient_id: str, images, labels, idc_probability
         panels[0].set_ylabel("y (slide pixels)")
         figure.suptitle(f"patient {patient_id}" + (f" - {subtitle}" if subtitle else ""),
                         fontsize=11)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        figure.savefig(path)
-        plt.close(figure)
-    return path
+        return plots.save_figure(figure, path)
 
 
 def select_patients(rows: list[dict], selection: str) -> list[str]:

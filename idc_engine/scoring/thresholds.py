@@ -85,6 +85,28 @@ def operating_points(labels, idc_probability) -> dict:
             "idc_precision": precision, "idc_f1": f1}
 
 
+def _rule_choice(points: dict, name: str, target: float | None) -> tuple[int, str, np.ndarray]:
+    """(index into `points`, criterion name, criterion per operating point) for a named rule.
+
+    points: operating_points(...), highest threshold first, so np.argmax's first maximum is the
+    highest threshold among ties. Raises ValueError for a specificity no threshold reaches.
+    """
+    if name == "max_f1":
+        scores = points["idc_f1"]
+        return int(np.argmax(scores)), "idc_f1", scores
+    if name == "youden":
+        scores = points["idc_sensitivity"] + points["idc_specificity"] - 1
+        return int(np.argmax(scores)), "youden_j", scores
+    if name == "recall":
+        scores = points["idc_sensitivity"]  # sensitivity rises as the threshold falls
+        return int(np.argmax(scores >= target - 1e-12)), "idc_sensitivity", scores
+    scores = points["idc_specificity"]  # specificity falls as the threshold falls
+    reached = np.flatnonzero(scores >= target - 1e-12)
+    if not len(reached):
+        raise ValueError(f"no threshold reaches IDC specificity {target}")
+    return int(reached[-1]), "idc_specificity", scores
+
+
 def choose_threshold(labels, idc_probability, rule: str) -> tuple[float, dict]:
     """Chooses the threshold by `rule` (see the module docstring) on these labels only.
 
@@ -118,22 +140,7 @@ def choose_threshold(labels, idc_probability, rule: str) -> tuple[float, dict]:
                              f"the labels it is chosen on; got {len(labels)} patches, "
                              f"{int(labels.sum())} IDC")
         points = operating_points(labels, idc_probability)
-        if name == "max_f1":
-            criterion, scores = "idc_f1", points["idc_f1"]
-            index = int(np.argmax(scores))  # first maximum: the highest threshold
-        elif name == "youden":
-            criterion = "youden_j"
-            scores = points["idc_sensitivity"] + points["idc_specificity"] - 1
-            index = int(np.argmax(scores))
-        elif name == "recall":
-            criterion, scores = "idc_sensitivity", points["idc_sensitivity"]
-            index = int(np.argmax(scores >= target - 1e-12))  # sensitivity rises as t falls
-        else:
-            criterion, scores = "idc_specificity", points["idc_specificity"]
-            reached = np.flatnonzero(scores >= target - 1e-12)  # specificity falls as t falls
-            if not len(reached):
-                raise ValueError(f"no threshold reaches IDC specificity {target}")
-            index = int(reached[-1])
+        index, criterion, scores = _rule_choice(points, name, target)
         threshold, value = float(points["threshold"][index]), float(scores[index])
         details["target"] = target
     details.update(criterion=criterion, value=value)
