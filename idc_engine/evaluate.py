@@ -20,7 +20,7 @@ What it does, in order:
 Every flag: --helpfull.
 """
 
-from absl import app, flags
+from absl import app
 
 from idc_engine import cli
 from idc_engine.evaluation.config import EvaluateConfig
@@ -28,7 +28,6 @@ from idc_engine.evaluation.config import EvaluateConfig
 
 def define_flags() -> None:
     cli.define_flags(EvaluateConfig)
-    flags.adopt_module_key_flags(cli)  # --help lists them as this command's own flags
 
 
 def main(argv) -> int:
