@@ -96,7 +96,7 @@ def main(argv) -> None:
 
     from idc_engine import predict
     from idc_engine.inference import serving
-    from idc_engine.input import pipeline
+    from idc_engine.input import host_cache
     from idc_engine.models.preprocessing import model_input
     from idc_engine.training import run_dir
 
@@ -117,7 +117,7 @@ def main(argv) -> None:
 
         # --- the images ------------------------------------------------------------------------
         if FLAGS.data_dir:
-            arrays = pipeline.load_split_arrays(FLAGS.data_dir, FLAGS.split)
+            arrays = host_cache.load_split_arrays(FLAGS.data_dir, FLAGS.split)
             images = arrays.images[np.arange(FLAGS.num_images) % len(arrays)]
             png_dir = os.path.join(work, "png")
             os.makedirs(png_dir)

@@ -28,7 +28,7 @@ from idc_engine.data import (
 )
 from idc_engine.data import manifest as manifest_lib
 from idc_engine.data.manifest import MANIFEST_NAME, MANIFEST_TEMPORARY_NAME, load_manifest
-from idc_engine.input import pipeline
+from idc_engine.input import shards
 
 
 def _all_records(output_dir, manifest):
@@ -365,7 +365,7 @@ def test_a_conversion_with_its_shards_at_the_top_level_reads_and_is_replaced(con
     (old / "notes.txt").write_text("mine")
     assert verify.verify_conversion(str(old)) == []
     for split, info in manifest["splits"].items():
-        assert pipeline.split_source(str(old), split).num_examples == info["num_examples"]
+        assert shards.split_source(str(old), split).num_examples == info["num_examples"]
     top_level = sorted(f for f in os.listdir(old) if f.endswith(".tfrecord"))
     assert len(top_level) == sum(len(info["files"]) for info in manifest["splits"].values())
 
@@ -502,7 +502,7 @@ def test_a_crash_at_any_step_of_an_overwrite_leaves_one_complete_conversion(tiny
             assert verify.verify_conversion(str(out)) == [], f"crash before operation {n}"
             manifest = load_manifest(str(out))
             for split, info in manifest["splits"].items():
-                assert pipeline.split_source(str(out), split).num_examples == info["num_examples"]
+                assert shards.split_source(str(out), split).num_examples == info["num_examples"]
             written = (out / MANIFEST_NAME).read_bytes()
             if written == old_bytes:
                 outcomes.append("old")
