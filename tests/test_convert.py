@@ -278,8 +278,8 @@ def test_kill_9_mid_run_leaves_nothing_that_looks_complete(idc_tree, tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and process.poll() is None:
-        staging = [e for e in os.listdir(out)] if out.is_dir() else []
-        if staging and any(os.listdir(out / e) for e in staging
+        entries = [e for e in os.listdir(out)] if out.is_dir() else []
+        if entries and any(os.listdir(out / e) for e in entries
                            if e.startswith(staging.STAGING_PREFIX)):
             break
         time.sleep(0.001)

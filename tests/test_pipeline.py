@@ -48,7 +48,7 @@ def write_converted(root, shard_patients=SHARD_PATIENTS, image_encoding="raw",
                     split="train", with_sizes=True) -> dict:
     """A converted directory with one split, the layout of idc_engine.data.manifest; returns it."""
     os.makedirs(root, exist_ok=True)
-    shards = []
+    shard_entries = []
     for index, patients in enumerate(shard_patients):
         name = f"{split}-{index:05d}-of-{len(shard_patients):05d}.tfrecord"
         num_positive = 0
@@ -71,15 +71,15 @@ def write_converted(root, shard_patients=SHARD_PATIENTS, image_encoding="raw",
                  "num_positive": num_positive, "patients": list(patients)}
         if with_sizes:
             shard["num_bytes"] = os.path.getsize(os.path.join(root, name))
-        shards.append(shard)
+        shard_entries.append(shard)
     manifest = {
         "schema_version": manifest_lib.SCHEMA_VERSION, "image_shape": [50, 50, 3],
         "image_encoding": image_encoding,
-        "splits": {split: {"files": [s["file"] for s in shards],
-                           "num_examples": sum(s["num_examples"] for s in shards),
-                           "num_positive": sum(s["num_positive"] for s in shards),
+        "splits": {split: {"files": [s["file"] for s in shard_entries],
+                           "num_examples": sum(s["num_examples"] for s in shard_entries),
+                           "num_positive": sum(s["num_positive"] for s in shard_entries),
                            "patients": [p for ps in shard_patients for p in ps],
-                           "shards": shards}},
+                           "shards": shard_entries}},
         "train_channel_mean": MEAN, "train_channel_std": STD,
     }
     manifest_lib.write_manifest(str(root), manifest)
