@@ -28,8 +28,7 @@ from absl import app, flags
 from PIL import Image
 
 from benchmarks.report import BenchmarkReport
-from idc_engine import convert
-from idc_engine.data import kaggle_tree, patch_png, shard_writer, synthetic
+from idc_engine.data import conversion, kaggle_tree, patch_png, shard_writer, synthetic, worker_pool
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input_dir", None, "A Kaggle-layout tree; default: generate a synthetic one.")
@@ -56,7 +55,7 @@ def parallel_decode_rate(paths: list[str], workers: int) -> float:
     """The machine's real ceiling for N workers: N processes doing nothing but decoding a share
     of the files each (started and warmed before the clock starts). On a VM's vCPUs this is
     below N x the single-process rate, and no converter can beat it."""
-    pool = convert.start_workers(workers)  # the converter's own kind of worker processes
+    pool = worker_pool.start_workers(workers)  # the converter's own kind of worker processes
     if pool is None:
         start = time.perf_counter()
         decode_all(paths)
@@ -107,7 +106,7 @@ def main(argv) -> None:
     out = os.path.join(work, "tfrecords")
 
     def run_convert(num_workers=workers):
-        convert.convert_tree(input_dir, out, num_workers=num_workers, progress=False)
+        conversion.convert_tree(input_dir, out, num_workers=num_workers, progress=False)
 
     def timed(fn) -> float:
         start = time.perf_counter()

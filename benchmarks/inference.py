@@ -101,10 +101,10 @@ def benchmark_export(work: str):
 def benchmark_images(work: str):
     """(images uint8 [num_images, 50, 50, 3], at most num_png_files PNG paths, description):
     from --data_dir's split (its first records written as PNG files), else synthetic PNGs."""
-    from idc_engine.input import pipeline
+    from idc_engine.input import host_cache
 
     if FLAGS.data_dir:
-        arrays = pipeline.load_split_arrays(FLAGS.data_dir, FLAGS.split)
+        arrays = host_cache.load_split_arrays(FLAGS.data_dir, FLAGS.split)
         images = arrays.images[np.arange(FLAGS.num_images) % len(arrays)]
         png_dir = os.path.join(work, "png")
         os.makedirs(png_dir)

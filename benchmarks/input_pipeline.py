@@ -108,13 +108,12 @@ def synthetic_png_tree(root: str) -> str:
 
 def converted(png_dir: str, output_dir: str, image_encoding: str = "raw") -> str:
     """Converts once; a later run reuses a directory whose manifest exists."""
-    from idc_engine import convert
-    from idc_engine.data import manifest
+    from idc_engine.data import conversion, manifest
 
     if not os.path.exists(manifest.manifest_path(output_dir)):
         logging.info("converting %s -> %s (%s)", png_dir, output_dir, image_encoding)
-        convert.convert_tree(png_dir, output_dir, image_encoding=image_encoding,
-                             min_shards=FLAGS.min_shards, overwrite=True, progress=False)
+        conversion.convert_tree(png_dir, output_dir, image_encoding=image_encoding,
+                                min_shards=FLAGS.min_shards, overwrite=True, progress=False)
     return output_dir
 
 

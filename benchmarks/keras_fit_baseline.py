@@ -63,7 +63,7 @@ def run_fit(data_dir: str, model_name: str, batch_size: int, window_steps: int,
 
     from idc_engine import models
     from idc_engine.data import manifest as manifest_lib
-    from idc_engine.input import pipeline
+    from idc_engine.input import host_cache, pipeline
     from idc_engine.models.preprocessing import model_input
 
     if window_steps % steps_per_execution:
@@ -72,7 +72,7 @@ def run_fit(data_dir: str, model_name: str, batch_size: int, window_steps: int,
     keras.utils.set_random_seed(seed)
     manifest = manifest_lib.load_manifest(data_dir)
     mean, std = pipeline.channel_mean_std(manifest)
-    arrays = pipeline.load_split_arrays(data_dir, "train")
+    arrays = host_cache.load_split_arrays(data_dir, "train")
     images, labels = tf.constant(arrays.images), tf.constant(arrays.labels)
     image_size = images.shape[1]
 

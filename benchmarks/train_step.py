@@ -357,8 +357,7 @@ def _timed_drain(run, batch: int, repeats: int) -> tuple[float, list[float]]:
 # --- data --------------------------------------------------------------------------------------
 
 def synthetic_data(work: str) -> str:
-    from idc_engine import convert
-    from idc_engine.data import manifest, synthetic
+    from idc_engine.data import conversion, manifest, synthetic
 
     tree, data_dir = os.path.join(work, "tree"), os.path.join(work, "tfrecords")
     if not os.path.exists(manifest.manifest_path(data_dir)):
@@ -367,7 +366,7 @@ def synthetic_data(work: str) -> str:
         summary = synthetic.write_dataset(tree, num_patients=FLAGS.synthetic_patients, seed=0,
                                           min_patches=FLAGS.synthetic_min_patches,
                                           max_patches=FLAGS.synthetic_max_patches)
-        convert.convert_tree(tree, data_dir, overwrite=True, progress=False)
+        conversion.convert_tree(tree, data_dir, overwrite=True, progress=False)
         logging.info("generated and converted %d patches in %.1f s into %s",
                      summary["num_patches"], time.perf_counter() - start, data_dir)
     return data_dir

@@ -3,6 +3,7 @@
     python -m idc_engine.synthetic --output_dir=/tmp/idc --num_patients=20 --seed=0 --quirks
 """
 
+import dataclasses
 import time
 
 from absl import app, flags
@@ -13,29 +14,36 @@ from idc_engine.data import synthetic
 FLAGS = flags.FLAGS
 
 
+@dataclasses.dataclass
+class SyntheticConfig:
+    """The plain flags; --patient_ids (a list) is defined in define_flags."""
+    output_dir: str | None = cli.option(None, "Directory to write the dataset tree into (new or empty).")
+    num_patients: int = cli.option(20, "Number of patients (slides) to generate.")
+    seed: int = cli.option(0, "Random seed; the same arguments give byte-identical files.")
+    min_patches: int = cli.option(60, "Fewest patches per patient.")
+    max_patches: int = cli.option(300, "Most patches per patient.")
+    quirks: bool = cli.option(False, "Add the real download's mess: duplicate tree, undersized and "
+                              "truncated PNGs, litter, one mislabelled and one unparseable file.")
+
+
 def define_flags() -> None:
-    flags.DEFINE_string("output_dir", None, "Directory to write the dataset tree into (new or empty).")
-    flags.DEFINE_integer("num_patients", 20, "Number of patients (slides) to generate.")
-    flags.DEFINE_integer("seed", 0, "Random seed; the same arguments give byte-identical files.")
-    flags.DEFINE_integer("min_patches", 60, "Fewest patches per patient.")
-    flags.DEFINE_integer("max_patches", 300, "Most patches per patient.")
+    cli.define_flags(SyntheticConfig)
     flags.DEFINE_list("patient_ids", None, "Comma-separated patient ids (digits); overrides num_patients.")
-    flags.DEFINE_bool("quirks", False, "Add the real download's mess: duplicate tree, undersized and "
-                      "truncated PNGs, litter, one mislabelled and one unparseable file.")
     flags.mark_flag_as_required("output_dir")
 
 
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = cli.config_from_flags(SyntheticConfig)
     start = time.perf_counter()
     summary = synthetic.write_dataset(
-        FLAGS.output_dir, num_patients=FLAGS.num_patients, seed=FLAGS.seed,
-        patient_ids=FLAGS.patient_ids, min_patches=FLAGS.min_patches,
-        max_patches=FLAGS.max_patches, quirks=FLAGS.quirks)
+        config.output_dir, num_patients=config.num_patients, seed=config.seed,
+        patient_ids=FLAGS.patient_ids, min_patches=config.min_patches,
+        max_patches=config.max_patches, quirks=config.quirks)
     seconds = time.perf_counter() - start
     n = summary["num_patches"]
-    print(f"wrote {FLAGS.output_dir}: {summary['num_patients']} patients, {n} patches, "
+    print(f"wrote {config.output_dir}: {summary['num_patients']} patients, {n} patches, "
           f"{summary['num_positive']} positive ({summary['num_positive'] / max(n, 1):.1%})")
     if summary["quirks"]:
         print(f"quirks: duplicate tree {summary['duplicate_root']}/, "

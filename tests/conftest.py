@@ -13,8 +13,7 @@ import sys
 
 import pytest
 
-from idc_engine import convert
-from idc_engine.data import synthetic
+from idc_engine.data import conversion, synthetic
 
 # TensorFlow's C++ start-up lines, to drop from a subprocess's stderr before reading it.
 TF_STARTUP_LINES = ("WARNING: All log messages", "I0000", "W0000", "E0000", "To enable the following")
@@ -36,7 +35,7 @@ def converted(idc_tree, tmp_path_factory):
     """(output_dir, manifest) of the tree converted with default settings, 2 workers."""
     root, _ = idc_tree
     out = str(tmp_path_factory.mktemp("converted") / "tfrecords")
-    manifest = convert.convert_tree(root, out, num_workers=2, min_shards=3, progress=False)
+    manifest = conversion.convert_tree(root, out, num_workers=2, min_shards=3, progress=False)
     return out, manifest
 
 
@@ -54,8 +53,8 @@ def eval_data(idc_tree, tmp_path_factory):
     split_file = base / "split.json"
     split_file.write_text(json.dumps(split))
     out = str(base / "tfrecords")
-    manifest = convert.convert_tree(root, out, split_file=str(split_file), num_workers=2,
-                                    min_shards=2, progress=False)
+    manifest = conversion.convert_tree(root, out, split_file=str(split_file), num_workers=2,
+                                       min_shards=2, progress=False)
     return out, manifest
 
 

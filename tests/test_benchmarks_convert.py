@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from idc_engine import convert
+from idc_engine.data import conversion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,8 +42,8 @@ def test_convert_benchmark_reports_every_rate_and_ratio_per_converted_patch(tmp_
     png_files = [name for _, _, names in os.walk(tree) for name in names if name.endswith(".png")]
     assert config["num_png_files"] == len(png_files) > 100
     assert config["num_patches"] == len(png_files)
-    manifest = convert.convert_tree(str(tree), str(tmp_path / "check"), num_workers=1,
-                                    progress=False)
+    manifest = conversion.convert_tree(str(tree), str(tmp_path / "check"), num_workers=1,
+                                       progress=False)
     assert sum(s["num_examples"] for s in manifest["splits"].values()) == config["num_patches"]
     # the benchmark's own conversions went into a scratch folder that is removed after each run
     assert not os.path.exists(work / "tfrecords")

@@ -16,10 +16,19 @@ from conftest import read_records, shard_paths
 from PIL import Image
 
 from idc_engine import convert
-from idc_engine.data import kaggle_tree, patch_png, shard_writer, splits, synthetic, verify
+from idc_engine.data import (
+    conversion,
+    kaggle_tree,
+    patch_png,
+    shard_writer,
+    splits,
+    staging,
+    synthetic,
+    verify,
+)
 from idc_engine.data import manifest as manifest_lib
 from idc_engine.data.manifest import MANIFEST_NAME, MANIFEST_TEMPORARY_NAME, load_manifest
-from idc_engine.input import pipeline
+from idc_engine.input import shards
 
 
 def _all_records(output_dir, manifest):
@@ -139,8 +148,8 @@ def test_png_encoding_holds_the_same_pixels(idc_tree, converted, tmp_path):
     root, _ = idc_tree
     out, manifest = converted
     png_out = str(tmp_path / "png")
-    png_manifest = convert.convert_tree(root, png_out, image_encoding="png", num_workers=1,
-                                        min_shards=3, progress=False)
+    png_manifest = conversion.convert_tree(root, png_out, image_encoding="png", num_workers=1,
+                                           min_shards=3, progress=False)
     assert png_manifest["image_encoding"] == "png"
     raw = _all_records(out, manifest)
     png = _all_records(png_out, png_manifest)
@@ -205,8 +214,8 @@ def test_output_is_deterministic_and_independent_of_worker_count(idc_tree, conve
     out, manifest = converted
     shard_writer.drop_from_page_cache(
         os.path.join(folder, name) for folder, _, files in os.walk(root) for name in files)
-    again = convert.convert_tree(root, str(tmp_path / "again"), num_workers=1, min_shards=3,
-                                 progress=False)
+    again = conversion.convert_tree(root, str(tmp_path / "again"), num_workers=1, min_shards=3,
+                                    progress=False)
     for path, twin in zip(shard_paths(out, manifest), shard_paths(tmp_path / "again", again),
                           strict=True):
         assert os.path.basename(path) == os.path.basename(twin)
@@ -225,8 +234,8 @@ def test_janowczyk2016_split_follows_the_published_lists(tmp_path):
     ids = [p for ps in chosen.values() for p in ps] + outsiders
     root = str(tmp_path / "tree")
     synthetic.write_dataset(root, patient_ids=ids, seed=1, min_patches=20, max_patches=40)
-    manifest = convert.convert_tree(root, str(tmp_path / "out"), split="janowczyk2016",
-                                    num_workers=1, progress=False)
+    manifest = conversion.convert_tree(root, str(tmp_path / "out"), split="janowczyk2016",
+                                       num_workers=1, progress=False)
     for split, patients in chosen.items():
         assert manifest["splits"][split]["patients"] == sorted(patients)
     assert manifest["excluded_patients"] == outsiders
@@ -240,8 +249,8 @@ def test_split_file_assigns_patients_and_leaves_out_the_rest(idc_tree, tmp_path)
     mapping = {p: ("train", "val", "test")[i % 3] for i, p in enumerate(patients[1:])}
     split_file = tmp_path / "split.json"
     split_file.write_text(json.dumps(mapping))
-    manifest = convert.convert_tree(root, str(tmp_path / "out"), split_file=str(split_file),
-                                    num_workers=1, progress=False)
+    manifest = conversion.convert_tree(root, str(tmp_path / "out"), split_file=str(split_file),
+                                       num_workers=1, progress=False)
     for split, info in manifest["splits"].items():
         assert info["patients"] == sorted(p for p, s in mapping.items() if s == split)
     assert manifest["excluded_patients"] == [patients[0]]
@@ -250,9 +259,9 @@ def test_split_file_assigns_patients_and_leaves_out_the_rest(idc_tree, tmp_path)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_patient_split_is_disjoint_and_seeded(idc_tree, tmp_path, seed):
     root, _ = idc_tree
-    manifests = [convert.convert_tree(root, str(tmp_path / f"out{i}"), seed=seed,
-                                      val_fraction=0.2, test_fraction=0.2, num_workers=1,
-                                      progress=False) for i in range(2)]
+    manifests = [conversion.convert_tree(root, str(tmp_path / f"out{i}"), seed=seed,
+                                         val_fraction=0.2, test_fraction=0.2, num_workers=1,
+                                         progress=False) for i in range(2)]
     sets = {s: set(i["patients"]) for s, i in manifests[0]["splits"].items()}
     assert not (sets["train"] & sets["val"] or sets["train"] & sets["test"]
                 or sets["val"] & sets["test"])
@@ -269,9 +278,9 @@ def test_kill_9_mid_run_leaves_nothing_that_looks_complete(idc_tree, tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and process.poll() is None:
-        staging = [e for e in os.listdir(out)] if out.is_dir() else []
-        if staging and any(os.listdir(out / e) for e in staging
-                           if e.startswith(convert.STAGING_PREFIX)):
+        entries = [e for e in os.listdir(out)] if out.is_dir() else []
+        if entries and any(os.listdir(out / e) for e in entries
+                           if e.startswith(staging.STAGING_PREFIX)):
             break
         time.sleep(0.001)
     assert process.poll() is None, "the conversion finished before it could be interrupted"
@@ -286,14 +295,14 @@ def test_kill_9_mid_run_leaves_nothing_that_looks_complete(idc_tree, tmp_path):
     redone = _cli(f"--input_dir={root}", f"--output_dir={out}", "--overwrite")
     assert redone.returncode == 0, redone.stderr
     assert "patches/s" in redone.stdout and "train" in redone.stdout
-    assert not [e for e in os.listdir(out) if e.startswith(convert.STAGING_PREFIX)]
+    assert not [e for e in os.listdir(out) if e.startswith(staging.STAGING_PREFIX)]
     assert verify.verify_conversion(str(out)) == []
 
 
 def test_a_failed_overwrite_keeps_the_previous_conversion(idc_tree, tmp_path, monkeypatch):
     root, _ = idc_tree
     out = str(tmp_path / "out")
-    before = convert.convert_tree(root, out, num_workers=1, progress=False)
+    before = conversion.convert_tree(root, out, num_workers=1, progress=False)
     calls = []
 
     def failing_write_shard(task):
@@ -305,7 +314,7 @@ def test_a_failed_overwrite_keeps_the_previous_conversion(idc_tree, tmp_path, mo
     real_write_shard = shard_writer.write_shard
     monkeypatch.setattr(shard_writer, "write_shard", failing_write_shard)
     with pytest.raises(KeyboardInterrupt):
-        convert.convert_tree(root, out, num_workers=1, seed=5, overwrite=True, progress=False)
+        conversion.convert_tree(root, out, num_workers=1, seed=5, overwrite=True, progress=False)
     monkeypatch.undo()
     assert load_manifest(out)["splits"] == before["splits"]
     assert verify.verify_conversion(out) == []
@@ -316,18 +325,18 @@ def test_refuses_a_non_empty_output_dir_without_overwrite(idc_tree, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(convert.ConversionError, match="not empty.*--overwrite"):
-        convert.convert_tree(root, str(out), progress=False)
+    with pytest.raises(conversion.ConversionError, match="not empty.*--overwrite"):
+        conversion.convert_tree(root, str(out), progress=False)
     assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_overwrite_removes_the_previous_shards(idc_tree, tmp_path):
     root, _ = idc_tree
     out = str(tmp_path / "out")
-    before = convert.convert_tree(root, out, num_shards=3, num_workers=1, progress=False)
+    before = conversion.convert_tree(root, out, num_shards=3, num_workers=1, progress=False)
     (tmp_path / "out" / "notes.txt").write_text("mine")
-    after = convert.convert_tree(root, out, num_shards=1, num_workers=1, overwrite=True,
-                                 progress=False)
+    after = conversion.convert_tree(root, out, num_shards=1, num_workers=1, overwrite=True,
+                                    progress=False)
     assert _shard_dir(after) != _shard_dir(before)
     assert sorted(os.listdir(out)) == sorted([MANIFEST_NAME, _shard_dir(after), "notes.txt"])
     assert sorted(os.listdir(os.path.join(out, _shard_dir(after)))) == sorted(
@@ -356,12 +365,12 @@ def test_a_conversion_with_its_shards_at_the_top_level_reads_and_is_replaced(con
     (old / "notes.txt").write_text("mine")
     assert verify.verify_conversion(str(old)) == []
     for split, info in manifest["splits"].items():
-        assert pipeline.split_source(str(old), split).num_examples == info["num_examples"]
+        assert shards.split_source(str(old), split).num_examples == info["num_examples"]
     top_level = sorted(f for f in os.listdir(old) if f.endswith(".tfrecord"))
     assert len(top_level) == sum(len(info["files"]) for info in manifest["splits"].values())
 
-    new = convert.convert_tree(tiny_tree, str(old), num_workers=1, overwrite=True,
-                               progress=False)
+    new = conversion.convert_tree(tiny_tree, str(old), num_workers=1, overwrite=True,
+                                  progress=False)
     assert sorted(os.listdir(old)) == sorted([MANIFEST_NAME, _shard_dir(new), "notes.txt"])
     assert verify.verify_conversion(str(old)) == []
 
@@ -369,11 +378,11 @@ def test_a_conversion_with_its_shards_at_the_top_level_reads_and_is_replaced(con
 def test_an_output_dir_holding_only_an_interrupted_commit_is_named_so(idc_tree, tmp_path):
     """A crash after the shard folder got its name, before manifest.json was written."""
     out = tmp_path / "out"
-    (out / f"{convert.SHARD_DIR_PREFIX}0123abcd").mkdir(parents=True)
-    (out / f"{convert.SHARD_DIR_PREFIX}0123abcd" / "train-00000-of-00001.tfrecord").write_bytes(b"")
+    (out / f"{staging.SHARD_DIR_PREFIX}0123abcd").mkdir(parents=True)
+    (out / f"{staging.SHARD_DIR_PREFIX}0123abcd" / "train-00000-of-00001.tfrecord").write_bytes(b"")
     (out / MANIFEST_TEMPORARY_NAME).write_text("{")
-    with pytest.raises(convert.ConversionError, match="interrupted conversion.*--overwrite"):
-        convert.convert_tree(idc_tree[0], str(out), progress=False)
+    with pytest.raises(conversion.ConversionError, match="interrupted conversion.*--overwrite"):
+        conversion.convert_tree(idc_tree[0], str(out), progress=False)
 
 
 # A process that imports the converter once, then for each request line (JSON: N, a file for
@@ -386,13 +395,14 @@ CRASH_HOOK = """
 import builtins, json, os, shutil, sys
 
 from idc_engine import convert
+from idc_engine.data import staging
 
 CRASHED = 75
 
 
 def run_converter(crash_at, manifest_copy, argv):
     count, committing = 0, False
-    real_open, real_replace, real_commit = builtins.open, os.replace, convert.commit_conversion
+    real_open, real_replace, real_commit = builtins.open, os.replace, staging.commit_conversion
 
     def counted(operation):
         def run(*args, **kwargs):
@@ -425,7 +435,7 @@ def run_converter(crash_at, manifest_copy, argv):
     os.replace = counted(replace_keeping_the_manifest)
     shutil.rmtree = counted(shutil.rmtree)
     builtins.open = open_
-    convert.commit_conversion = commit
+    staging.commit_conversion = commit
     sys.argv = ["idc_engine.convert", *argv]
     try:
         convert.run()
@@ -463,13 +473,13 @@ def test_a_crash_at_any_step_of_an_overwrite_leaves_one_complete_conversion(tiny
     one byte for byte, or the very bytes the dying run wrote (a conversion with the new options);
     then a conversion with --overwrite leaves exactly its own files."""
     old = str(tmp_path / "old")
-    convert.convert_tree(tiny_tree, old, seed=1, num_shards=1, num_workers=1, progress=False)
+    conversion.convert_tree(tiny_tree, old, seed=1, num_shards=1, num_workers=1, progress=False)
     if old_layout == "shards at the top level":
         _move_shards_to_the_top_level(old)
     old_bytes = (tmp_path / "old" / MANIFEST_NAME).read_bytes()
     new_options = dict(seed=2, num_shards=2)
-    expected_new = convert.convert_tree(tiny_tree, str(tmp_path / "reference"), num_workers=1,
-                                        progress=False, **new_options)
+    expected_new = conversion.convert_tree(tiny_tree, str(tmp_path / "reference"), num_workers=1,
+                                           progress=False, **new_options)
     hook = tmp_path / "crash_hook.py"
     hook.write_text(CRASH_HOOK)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(convert.__file__)))
@@ -492,7 +502,7 @@ def test_a_crash_at_any_step_of_an_overwrite_leaves_one_complete_conversion(tiny
             assert verify.verify_conversion(str(out)) == [], f"crash before operation {n}"
             manifest = load_manifest(str(out))
             for split, info in manifest["splits"].items():
-                assert pipeline.split_source(str(out), split).num_examples == info["num_examples"]
+                assert shards.split_source(str(out), split).num_examples == info["num_examples"]
             written = (out / MANIFEST_NAME).read_bytes()
             if written == old_bytes:
                 outcomes.append("old")
@@ -503,8 +513,8 @@ def test_a_crash_at_any_step_of_an_overwrite_leaves_one_complete_conversion(tiny
             if returncode == 0:
                 assert sorted(os.listdir(out)) == [MANIFEST_NAME, _shard_dir(manifest)]
                 break
-            redone = convert.convert_tree(tiny_tree, str(out), num_workers=1, overwrite=True,
-                                          progress=False)
+            redone = conversion.convert_tree(tiny_tree, str(out), num_workers=1, overwrite=True,
+                                             progress=False)
             assert sorted(os.listdir(out)) == [MANIFEST_NAME, _shard_dir(redone)]
     assert returncode == 0, "no run got through the commit"
     first_new = outcomes.index("new")  # the rename of manifest.json: old before, new after
@@ -517,14 +527,14 @@ def test_verify_passes_on_a_good_conversion_and_names_a_truncated_shard(converte
     out, manifest = converted
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    shutil.copytree(copy / _shard_dir(manifest), copy / f"{convert.SHARD_DIR_PREFIX}0123abcd")
+    shutil.copytree(copy / _shard_dir(manifest), copy / f"{staging.SHARD_DIR_PREFIX}0123abcd")
     (copy / "train-00000-of-00001.tfrecord").write_bytes(b"not a shard")
     (copy / "notes.txt").write_text("mine")
     good = _cli("--verify", f"--output_dir={copy}")
     assert good.returncode == 0, good.stderr
     assert (f"note: 2 entries of earlier or interrupted conversions, not part of this one "
             f"(manifest.json does not list them; the next conversion with --overwrite removes "
-            f"them): {convert.SHARD_DIR_PREFIX}0123abcd, train-00000-of-00001.tfrecord"
+            f"them): {staging.SHARD_DIR_PREFIX}0123abcd, train-00000-of-00001.tfrecord"
             ) in good.stdout
     victim = copy / manifest["splits"]["train"]["files"][1]
     data = victim.read_bytes()
@@ -558,8 +568,8 @@ def test_bad_input_gives_a_clear_error(idc_tree, tmp_path, make_input, options, 
     empty = tmp_path / "empty"
     empty.mkdir()
     input_dir = make_input(empty) if make_input else idc_tree[0]
-    with pytest.raises(convert.ConversionError, match=message):
-        convert.convert_tree(input_dir, str(tmp_path / "out"), progress=False, **options)
+    with pytest.raises(conversion.ConversionError, match=message):
+        conversion.convert_tree(input_dir, str(tmp_path / "out"), progress=False, **options)
     assert not (tmp_path / "out" / MANIFEST_NAME).exists()
 
 
@@ -623,8 +633,8 @@ def test_a_script_read_from_stdin_converts_in_process_with_a_warning(tmp_path):
     """Worker processes re-import __main__ by path: '<stdin>' has none, so no pool is started."""
     synthetic.write_dataset(str(tmp_path / "tree"), num_patients=3, seed=0, min_patches=20,
                             max_patches=30)
-    script = ("from idc_engine import convert\n"
-              f"m = convert.convert_tree({str(tmp_path / 'tree')!r}, {str(tmp_path / 'out')!r}, "
+    script = ("from idc_engine.data import conversion\n"
+              f"m = conversion.convert_tree({str(tmp_path / 'tree')!r}, {str(tmp_path / 'out')!r}, "
               "num_workers=2, progress=False)\n"
               "print(m['conversion']['num_workers'], sum(s['num_examples'] for s in "
               "m['splits'].values()))\n")
@@ -644,8 +654,8 @@ def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path):
     synthetic.write_dataset(str(tmp_path / "tree"), num_patients=3, seed=0, min_patches=20,
                             max_patches=30)
     script = tmp_path / "unguarded.py"
-    script.write_text("from idc_engine import convert\n"
-                      f"convert.convert_tree({str(tmp_path / 'tree')!r}, "
+    script.write_text("from idc_engine.data import conversion\n"
+                      f"conversion.convert_tree({str(tmp_path / 'tree')!r}, "
                       f"{str(tmp_path / 'out')!r}, num_workers=2, progress=False)\n")
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)

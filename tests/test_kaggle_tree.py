@@ -5,8 +5,7 @@ import os
 
 import pytest
 
-from idc_engine import convert
-from idc_engine.data import kaggle_tree
+from idc_engine.data import kaggle_tree, worker_pool
 from idc_engine.data.kaggle_tree import PatchName, parse_patch_name
 
 
@@ -139,7 +138,7 @@ def test_scan_shared_with_worker_processes_lists_exactly_what_a_serial_scan_list
                 "9036/9036_idx5_x51_y51_class1.png", "9036/0/9036_idx5_x1_y1_class0.png",
                 "a/b/c/9036/1/9036_idx5_x101_y1_class1.png", "__MACOSX/9036/0/x.png"]:
         _touch(odd, rel)
-    pool = convert.start_workers(2)
+    pool = worker_pool.start_workers(2)
     try:
         for tree in (root, str(odd)):
             serial, shared = kaggle_tree.scan_tree(tree), kaggle_tree.scan_tree(tree, pool)

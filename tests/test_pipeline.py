@@ -15,7 +15,15 @@ from PIL import Image
 from idc_engine.data import manifest as manifest_lib
 from idc_engine.data import records
 from idc_engine.data.manifest import ManifestError
-from idc_engine.input import pipeline
+from idc_engine.input import (
+    device_resident,
+    host_cache,
+    packed_split,
+    parsing,
+    permutation,
+    pipeline,
+    shards,
+)
 from idc_engine.models import preprocessing
 
 # 8 patients, 4 shards of 2 patients each; each shard stores its patients one after the other,
@@ -40,7 +48,7 @@ def write_converted(root, shard_patients=SHARD_PATIENTS, image_encoding="raw",
                     split="train", with_sizes=True) -> dict:
     """A converted directory with one split, the layout of idc_engine.data.manifest; returns it."""
     os.makedirs(root, exist_ok=True)
-    shards = []
+    shard_entries = []
     for index, patients in enumerate(shard_patients):
         name = f"{split}-{index:05d}-of-{len(shard_patients):05d}.tfrecord"
         num_positive = 0
@@ -63,15 +71,15 @@ def write_converted(root, shard_patients=SHARD_PATIENTS, image_encoding="raw",
                  "num_positive": num_positive, "patients": list(patients)}
         if with_sizes:
             shard["num_bytes"] = os.path.getsize(os.path.join(root, name))
-        shards.append(shard)
+        shard_entries.append(shard)
     manifest = {
         "schema_version": manifest_lib.SCHEMA_VERSION, "image_shape": [50, 50, 3],
         "image_encoding": image_encoding,
-        "splits": {split: {"files": [s["file"] for s in shards],
-                           "num_examples": sum(s["num_examples"] for s in shards),
-                           "num_positive": sum(s["num_positive"] for s in shards),
+        "splits": {split: {"files": [s["file"] for s in shard_entries],
+                           "num_examples": sum(s["num_examples"] for s in shard_entries),
+                           "num_positive": sum(s["num_positive"] for s in shard_entries),
                            "patients": [p for ps in shard_patients for p in ps],
-                           "shards": shards}},
+                           "shards": shard_entries}},
         "train_channel_mean": MEAN, "train_channel_std": STD,
     }
     manifest_lib.write_manifest(str(root), manifest)
@@ -205,7 +213,7 @@ def context(i, n=2):
 
 
 def test_two_workers_read_disjoint_files_whose_union_is_the_split(data_dir):
-    files = [set(pipeline.split_source(data_dir, "train", context(i)).paths) for i in range(2)]
+    files = [set(shards.split_source(data_dir, "train", context(i)).paths) for i in range(2)]
     assert files[0] and files[1] and not files[0] & files[1]
     assert files[0] | files[1] == set(manifest_lib.split_files(data_dir, "train"))
     found = [eval_records(pipeline.make_dataset(data_dir, "train", 64, training=False,
@@ -292,7 +300,7 @@ def truncate(path, keep=0.6):
 def test_truncated_shard_is_named_before_reading(data_dir, tmp_path, cache):
     root = copy_dir(data_dir, str(tmp_path / "truncated"))
     truncate(os.path.join(root, "train-00001-of-00004.tfrecord"))
-    with pytest.raises(pipeline.ShardError, match="train-00001-of-00004.tfrecord.*truncated"):
+    with pytest.raises(shards.ShardError, match="train-00001-of-00004.tfrecord.*truncated"):
         pipeline.make_dataset(root, "train", 32, training=True, cache=cache)
 
 
@@ -305,10 +313,10 @@ def test_truncated_shard_without_listed_size_is_named_on_read(tmp_path):
     with pytest.raises(tf.errors.DataLossError) as raised:
         for _ in dataset:
             pass
-    error = pipeline.explain_data_loss(root, "train", raised.value)
+    error = shards.explain_data_loss(root, "train", raised.value)
     assert "train-00003-of-00004.tfrecord" in str(error)
-    with pytest.raises(pipeline.ShardError, match="train-00003-of-00004.tfrecord"):
-        pipeline.load_split_arrays(root, "train")
+    with pytest.raises(shards.ShardError, match="train-00003-of-00004.tfrecord"):
+        host_cache.load_split_arrays(root, "train")
 
 
 # --- the device-resident sampler ------------------------------------------------------------
@@ -316,8 +324,8 @@ def test_truncated_shard_without_listed_size_is_named_on_read(tmp_path):
 @pytest.mark.parametrize("n", [1, 2, 7, 100, 1000, 4097])
 def test_random_permutation_index_is_a_permutation_per_epoch(n):
     positions = tf.range(n, dtype=tf.int64)
-    first = pipeline.random_permutation_index(positions, n, seed=3, epoch=0).numpy()
-    second = pipeline.random_permutation_index(positions, n, seed=3, epoch=1).numpy()
+    first = permutation.random_permutation_index(positions, n, seed=3, epoch=0).numpy()
+    second = permutation.random_permutation_index(positions, n, seed=3, epoch=1).numpy()
     np.testing.assert_array_equal(np.sort(first), np.arange(n))
     np.testing.assert_array_equal(np.sort(second), np.arange(n))
     if n >= 100:
@@ -329,7 +337,7 @@ def test_device_resident_sampler_draws_every_record_once_per_epoch(data_dir):
     sampler = pipeline.make_device_resident_sampler(data_dir, "train", 32, seed=5)
     total = len(PATIENTS) * PER_PATIENT
     assert sampler.steps_per_epoch == total // 32
-    arrays = pipeline.load_split_arrays(data_dir, "train")
+    arrays = host_cache.load_split_arrays(data_dir, "train")
     index_of = {arrays.images[i].tobytes(): i for i in range(total)}
 
     step_fn = tf.function(sampler, jit_compile=True)
@@ -357,15 +365,15 @@ def test_replicas_draw_disjoint_halves_of_the_global_batch(data_dir):
 
 def test_pack_unpack_images_round_trip():
     images = np.random.default_rng(0).integers(0, 256, (5, 50, 50, 3), dtype=np.uint8)
-    words = pipeline.pack_images(images)
+    words = packed_split.pack_images(images)
     assert words.dtype == np.int64 and words.ctypes.data % 64 == 0
-    np.testing.assert_array_equal(pipeline.unpack_images(tf.constant(words)).numpy(), images)
+    np.testing.assert_array_equal(packed_split.unpack_images(tf.constant(words)).numpy(), images)
 
 
 def test_read_packed_split_is_the_packed_split_in_the_same_order(data_dir):
-    packed = pipeline.read_packed_split(data_dir, "train")
-    arrays = pipeline.load_split_arrays(data_dir, "train")
-    np.testing.assert_array_equal(packed.words, pipeline.pack_images(arrays.images))
+    packed = packed_split.read_packed_split(data_dir, "train")
+    arrays = host_cache.load_split_arrays(data_dir, "train")
+    np.testing.assert_array_equal(packed.words, packed_split.pack_images(arrays.images))
     np.testing.assert_array_equal(packed.labels, arrays.labels)
     assert packed.words.dtype == packed.labels.dtype == np.int64
     assert packed.words.ctypes.data % 64 == 0 and packed.labels.ctypes.data % 64 == 0
@@ -375,8 +383,8 @@ def test_read_packed_split_is_the_packed_split_in_the_same_order(data_dir):
 def test_resident_split_on_cpu_is_the_buffer_the_shards_were_read_into(data_dir):
     """No copy of the split on a CPU: not when placing it, not at the first gather (TF copies a
     variable's whole buffer there), not when drawing batches."""
-    packed = pipeline.read_packed_split(data_dir, "train")
-    sampler = pipeline.DeviceResidentSampler(packed, 32, seed=0)
+    packed = packed_split.read_packed_split(data_dir, "train")
+    sampler = device_resident.DeviceResidentSampler(packed, 32, seed=0)
     before = packed.words.ctypes.data
     images, _ = tf.function(sampler)(tf.constant(3, tf.int64))
     sampler(tf.constant(4, tf.int64))
@@ -384,7 +392,7 @@ def test_resident_split_on_cpu_is_the_buffer_the_shards_were_read_into(data_dir)
     # what the sampler draws is what was read: the buffer is shared, so a change shows through
     indices = sampler.indices(3).numpy()
     np.testing.assert_array_equal(
-        images.numpy(), pipeline.unpack_images(tf.constant(packed.words[indices])).numpy())
+        images.numpy(), packed_split.unpack_images(tf.constant(packed.words[indices])).numpy())
     packed.words[indices[0]] = 0
     again, _ = sampler(tf.constant(3, tf.int64))
     assert not again.numpy()[0].any()
@@ -397,8 +405,8 @@ def test_read_packed_split_names_a_shard_with_records_missing(tmp_path):
     for shard in manifest["splits"]["train"]["shards"]:
         shard.pop("num_examples")
     manifest_lib.write_manifest(root, manifest)
-    with pytest.raises(pipeline.ShardError, match="read 384 records where the manifest lists 385"):
-        pipeline.read_packed_split(root, "train")
+    with pytest.raises(shards.ShardError, match="read 384 records where the manifest lists 385"):
+        packed_split.read_packed_split(root, "train")
 
 
 # --- normalization ----------------------------------------------------------------------------
@@ -418,7 +426,7 @@ def test_to_float_and_normalize_uses_manifest_statistics(data_dir):
 def test_parse_batch_returns_metadata():
     serialized = tf.constant([records.encode_example(patch_image("9001", 3).tobytes(), 1,
                                                      "9001", 151, 1, 50, 50)])
-    images, labels, meta = pipeline.parse_batch(serialized, "raw", with_metadata=True)
+    images, labels, meta = parsing.parse_batch(serialized, "raw", with_metadata=True)
     np.testing.assert_array_equal(images[0].numpy(), patch_image("9001", 3))
     assert labels.numpy().tolist() == [1] and labels.dtype == tf.int32
     assert meta["patient_id"].numpy().tolist() == [b"9001"]

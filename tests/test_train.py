@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from idc_engine.inference import serving
-from idc_engine.input import pipeline
+from idc_engine.input import host_cache
 from idc_engine.training import loop
 from idc_engine.training.config import ConfigError, TrainConfig
 
@@ -201,7 +201,7 @@ def test_default_flags_export_a_model_that_works_in_inference_mode(eval_data, tr
     answering the majority class (a model whose moving statistics disagree with its batches
     answers nearly one constant), and validation must have seen the same."""
     data_dir, manifest = eval_data
-    train = pipeline.load_split_arrays(data_dir, "train")
+    train = host_cache.load_split_arrays(data_dir, "train")
     served = serving.ServedModel(os.path.join(trained_model_dir, "export", "saved_model"))
     probability = np.concatenate([served(train.images[i:i + 256])
                                   for i in range(0, len(train), 256)])

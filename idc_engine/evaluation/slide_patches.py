@@ -26,14 +26,14 @@ def read_patient_patches(data_dir: str, split: str, patient_ids) -> dict:
     shards the manifest lists for those patients; a patient without patches is left out."""
     import tensorflow as tf
 
-    from idc_engine.input import pipeline
+    from idc_engine.input import parsing
 
     manifest = manifest_lib.load_manifest(data_dir)
     wanted = set(patient_ids)
     encoding = manifest.get("image_encoding", "raw")
     shape = tuple(manifest.get("image_shape", records.IMAGE_SHAPE))
     dataset = tf.data.TFRecordDataset(_shard_files(data_dir, split, manifest, wanted)).batch(
-        1024).map(lambda s: pipeline.parse_batch(s, encoding, with_metadata=True,
+        1024).map(lambda s: parsing.parse_batch(s, encoding, with_metadata=True,
                                                  image_shape=shape))
     found: dict = {p: ([], [], []) for p in wanted}
     for images, _, metadata in dataset.as_numpy_iterator():

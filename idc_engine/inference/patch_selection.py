@@ -84,12 +84,12 @@ def items_from_split(explainer, data_dir: str, split: str, count: int, selection
     """`count` records of a converted split picked by `selection` (SELECTIONS), as PatchItems.
 
     explainer: gradcam.Explainer, whose probabilities and threshold pick confident errors.
-    Raises ManifestError / ShardError (idc_engine.input.pipeline) for a missing or corrupt split.
+    Raises ManifestError / ShardError (idc_engine.input.shards) for a missing or corrupt split.
     """
     from idc_engine.data import manifest as manifest_lib
-    from idc_engine.input import pipeline
+    from idc_engine.input import host_cache
 
-    arrays = pipeline.load_split_arrays(data_dir, split, with_metadata=True)
+    arrays = host_cache.load_split_arrays(data_dir, split, with_metadata=True)
     probabilities = None
     if selection == "confident_errors":
         probabilities = explainer.probabilities(arrays.images)

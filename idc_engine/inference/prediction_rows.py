@@ -59,7 +59,7 @@ def predict_split_rows(predictor, data_dir: str, split: str, threshold: float,
                        batch_size: int = 256):
     """Yields one CSV row per record of a converted split, in file order (deterministic).
 
-    Raises ManifestError / ShardError (idc_engine.input.pipeline) for a missing or corrupt split.
+    Raises ManifestError / ShardError (idc_engine.input.shards) for a missing or corrupt split.
     """
     from idc_engine.data import manifest as manifest_lib
 

@@ -53,11 +53,11 @@ class Predictions:
 def predict_split(served: ServedModel, data_dir: str, split: str, batch_size: int) -> Predictions:
     """Runs the served model over every patch of a converted split, once each, in file order.
 
-    Raises ManifestError / ShardError (idc_engine.input.pipeline) for a missing or corrupt split.
+    Raises ManifestError / ShardError (idc_engine.input.shards) for a missing or corrupt split.
     """
     import tensorflow as tf
 
-    from idc_engine.input import pipeline
+    from idc_engine.input import pipeline, shards
 
     dataset = pipeline.make_dataset(data_dir, split, batch_size, training=False,
                                     with_metadata=True, deterministic=True)
@@ -67,7 +67,7 @@ def predict_split(served: ServedModel, data_dir: str, split: str, batch_size: in
             parts.append((labels.numpy(), served(images), metadata["patient_id"].numpy(),
                           metadata["x"].numpy(), metadata["y"].numpy()))
     except tf.errors.DataLossError as e:
-        raise pipeline.explain_data_loss(data_dir, split, e) from e
+        raise shards.explain_data_loss(data_dir, split, e) from e
     if not parts:
         return Predictions(*(np.zeros(0, dtype) for dtype in
                              (np.int64, np.float32, str, np.int64, np.int64)))

@@ -222,24 +222,11 @@ def affine(images, seed, rotation=0.0, zoom=0.0, shift=0.0, shear=0.0):
                                         rotation, zoom, shift, shear))
 
 
-@register("rotate")
-def rotate(images, seed, degrees=20.0):
-    return affine(images, seed, rotation=degrees)
-
-
-@register("zoom")
-def zoom(images, seed, fraction=0.05):
-    return affine(images, seed, zoom=fraction)
-
-
-@register("shift")
-def shift(images, seed, fraction=0.1):
-    return affine(images, seed, shift=fraction)
-
-
-@register("shear")
-def shear(images, seed, degrees=0.05):
-    return affine(images, seed, shear=degrees)
+# One-parameter shorthands of affine, named as specs write their argument ("rotate(degrees=10)").
+register("rotate")(lambda images, seed, degrees=20.0: affine(images, seed, rotation=degrees))
+register("zoom")(lambda images, seed, fraction=0.05: affine(images, seed, zoom=fraction))
+register("shift")(lambda images, seed, fraction=0.1: affine(images, seed, shift=fraction))
+register("shear")(lambda images, seed, degrees=0.05: affine(images, seed, shear=degrees))
 
 
 # --- specs -----------------------------------------------------------------------------------
