@@ -1,10 +1,17 @@
-"""Model registry: every classifier the engine trains, built by name.
+"""Stage 3, batches -> probabilities: every classifier the engine trains, built by name.
+Imports idc_engine.data only.
 
     model = build_model("cancernet", input_shape=(50, 50, 3))
     model = build_model("mobilenet_v2", (50, 50, 3), weights_path="notop.weights.h5", backbone_input_size=96)
 
-All models share one contract: input float32 [B, H, W, C] images, already normalized by the
-training step; output float32 [B, num_classes] softmax probabilities from a layer named
+    cancernet.py        CancerNet, the PyImageSearch IDC classifier, layer for layer
+    plain_cnn.py        a small plain CNN baseline
+    backbones.py        MobileNetV2 / ResNet50 from keras.applications with local weights only
+    fused_batchnorm.py  BatchNormalization trained through TensorFlow's fused kernel
+    preprocessing.py    uint8 patches -> normalized model input: the one definition of it
+
+All models share one contract: input float32 [B, H, W, C] images, already normalized by
+preprocessing.model_input; output float32 [B, num_classes] softmax probabilities from a layer named
 "probabilities", whose input is a float32 Dense named "logits". Under a mixed-precision global
 policy the body computes in half precision and the output stays float32.
 """
