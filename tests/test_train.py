@@ -372,6 +372,17 @@ def test_freezing_a_model_without_backbone_is_refused(converted, tmp_path):
         loop.train(_config(converted[0], tmp_path / "run", train_steps=2, freeze_backbone_epochs=1))
 
 
+def test_train_puts_back_the_callers_precision_policy(converted, tmp_path):
+    """The Keras policy is process-global: a run (here one refused after it set its precision)
+    must leave the caller's in place."""
+    import keras
+    keras.mixed_precision.set_global_policy("float32")
+    with pytest.raises(ConfigError, match="--freeze_backbone_epochs"):
+        loop.train(_config(converted[0], tmp_path / "run", train_steps=2, freeze_backbone_epochs=1,
+                           precision="mixed_bfloat16"))
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
 def test_loss_scaling_skips_a_step_that_overflowed_in_any_replica():
     """Replica 1's gradients are inf, replica 0's finite: every replica must skip the update
     (weights unchanged, loss scale halved), not apply the all-reduced inf (Keras 3 alone does)."""
