@@ -2,7 +2,7 @@
 
 Keras 3's `model.fit` under MirroredStrategy fails with steps_per_execution > 1
 (keras-team/keras#19246) and runs without XLA (its "auto" jit_compile is off whenever a
-tf.distribute strategy is set: Trainer._resolve_auto_jit_compile), and it does not support
+tf.distribute strategy is set: keras' Trainer._resolve_auto_jit_compile), and it does not support
 MultiWorkerMirroredStrategy (keras-team/keras#20585), so the engine owns its loop:
 `strategy.run` of a per-replica step (optionally jit-compiled), inside one tf.function that runs
 `steps_per_loop` steps per call (step.py), driven by a controller (controller.py) that runs the
