@@ -289,7 +289,9 @@ def engine_graph(model_dir: str, log_text: str) -> dict:
     moving mean each), and how many layers the engine fused (0 when it logged none)."""
     import tensorflow as tf
 
-    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    from idc_engine.training.run_dir import RunDir
+
+    path = tf.train.latest_checkpoint(RunDir(model_dir).checkpoints)
     if path is None:
         return {}
     parameters, batchnorms = 0, 0

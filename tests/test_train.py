@@ -372,6 +372,17 @@ def test_freezing_a_model_without_backbone_is_refused(converted, tmp_path):
         loop.train(_config(converted[0], tmp_path / "run", train_steps=2, freeze_backbone_epochs=1))
 
 
+def test_train_puts_back_the_callers_precision_policy(converted, tmp_path):
+    """The Keras policy is process-global: a run (here one refused after it set its precision)
+    must leave the caller's in place."""
+    import keras
+    keras.mixed_precision.set_global_policy("float32")
+    with pytest.raises(ConfigError, match="--freeze_backbone_epochs"):
+        loop.train(_config(converted[0], tmp_path / "run", train_steps=2, freeze_backbone_epochs=1,
+                           precision="mixed_bfloat16"))
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
 def test_loss_scaling_skips_a_step_that_overflowed_in_any_replica():
     """Replica 1's gradients are inf, replica 0's finite: every replica must skip the update
     (weights unchanged, loss scale halved), not apply the all-reduced inf (Keras 3 alone does)."""
@@ -379,7 +390,7 @@ def test_loss_scaling_skips_a_step_that_overflowed_in_any_replica():
         "import json, math, tensorflow as tf, keras\n"
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
         "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
-        "from idc_engine.training import loop\n"
+        "from idc_engine.training import step\n"
         "strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])\n"
         "with strategy.scope():\n"
         "    w = tf.Variable([1.0, 2.0])\n"
@@ -388,7 +399,7 @@ def test_loss_scaling_skips_a_step_that_overflowed_in_any_replica():
         "def replica_step():\n"
         "    replica = tf.distribute.get_replica_context().replica_id_in_sync_group\n"
         "    gradient = tf.where(replica == 1, math.inf, 1.0) * tf.ones(2)\n"
-        "    optimizer.apply(loop.finite_in_every_replica([gradient]), [w])\n"
+        "    optimizer.apply(step.finite_in_every_replica([gradient]), [w])\n"
         "tf.function(lambda: strategy.run(replica_step))()\n"
         "print(json.dumps([w.numpy().tolist(), float(optimizer.dynamic_scale.numpy())]))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

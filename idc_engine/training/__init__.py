@@ -1,1 +1,3 @@
-"""The training engine: configuration, devices and strategy, objectives, and the custom loop."""
+"""Stage 4, training: configuration (config), devices and strategy (devices), objectives, the
+run's setup, step, controller and actions, checkpoints, validation, summaries, the run
+directory's layout (run_dir) and the export."""

@@ -73,6 +73,17 @@ def make_strategy(name: str, num_cpu_devices: int) -> tuple[tf.distribute.Strate
     return tf.distribute.OneDeviceStrategy(device), f"OneDeviceStrategy on {device}"
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: the chief, or worker 0 of a cluster without
+    one, or the only process of a single-host run."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
 def device_kind() -> str:
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from idc_engine.data import records
 from idc_engine.models.preprocessing import model_input
+from idc_engine.scoring import thresholds
 from idc_engine.training import run_dir
 
 
@@ -52,10 +53,9 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
     portable.save(target.keras)
     module = ServingModule(portable, image_size, mean, std)
     tf.saved_model.save(module, target.saved_model, signatures={"serving_default": module.serve})
-    with open(target.preprocessing, "w") as f:
-        json.dump({"image_size": image_size, "channel_mean": list(mean),
-                   "channel_std": list(std), "input": "uint8 RGB patches, 50x50, resized to "
-                   "image_size, then (x - mean) / std"}, f, indent=1)
+    run_dir.write_run_json(target.preprocessing, {
+        "image_size": image_size, "channel_mean": list(mean), "channel_std": list(std),
+        "input": "uint8 RGB patches, 50x50, resized to image_size, then (x - mean) / std"})
     paths = {"keras": target.keras, "saved_model": target.saved_model,
              "preprocessing": target.preprocessing}
     if threshold is not None:
@@ -63,3 +63,21 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
     elif os.path.exists(target.threshold):
         os.remove(target.threshold)
     return paths
+
+
+def best_threshold_record(run: run_dir.RunDir, best_checkpoint: str | None,
+                          data_dir: str) -> dict | None:
+    """threshold.json's record for the exported best checkpoint: the max_f1 threshold its
+    validation chose on the val split (None without a validation that chose one)."""
+    if not best_checkpoint or not os.path.isfile(run.best_json):
+        return None
+    with open(run.best_json) as f:
+        best = json.load(f)
+    if "val_max_f1_threshold" not in best:
+        return None
+    return {"threshold": best["val_max_f1_threshold"], "rule": thresholds.DEFAULT_RULE,
+            "chosen_on": "val", "chosen_by": "idc_engine.train, at the best validation",
+            "model_step": best["step"], "idc_f1": best["val_idc_f1_at_max_f1"],
+            "accuracy": best["val_accuracy_at_max_f1"],
+            "balanced_accuracy": best["val_balanced_accuracy_at_max_f1"],
+            "data_dir": os.path.abspath(data_dir)}

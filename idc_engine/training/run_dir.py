@@ -5,6 +5,7 @@
     <model_dir>/best.json                 that validation's metrics and step
     <model_dir>/config.json               the run's resolved flags
     <model_dir>/tensorboard/              every summary
+    <model_dir>/profile/                  the profiler trace of --profile_steps
     <model_dir>/export/model.keras        the Keras model (input: normalized float images)
     <model_dir>/export/saved_model/       serving_default: uint8 [N, 50, 50, 3] -> idc_probability
     <model_dir>/export/preprocessing.json image_size, channel mean/std: what model.keras expects
@@ -32,37 +33,26 @@ class ModelNotFoundError(ExportError):
     """--model does not lead to an export; the message says what was looked for."""
 
 
-@dataclasses.dataclass(frozen=True)
 class RunDir:
-    """Paths under one training run's --model_dir."""
-    root: str
+    """Paths under one training run's --model_dir (the layout above)."""
 
-    def path(self, name: str) -> str:
-        return os.path.join(self.root, name)
+    def __init__(self, root: str):
+        self.root = root
+        self.checkpoints = os.path.join(root, "checkpoints")
+        self.best_checkpoint = os.path.join(root, "best")
+        self.best_json = os.path.join(root, "best.json")
+        self.config_json = os.path.join(root, "config.json")
+        self.tensorboard = os.path.join(root, "tensorboard")
+        self.profile = os.path.join(root, "profile")
+        self.export = ExportPaths.of(os.path.join(root, EXPORT))
 
-    @property
-    def checkpoints(self) -> str:
-        return self.path("checkpoints")
 
-    @property
-    def best_checkpoint(self) -> str:
-        return self.path("best")
-
-    @property
-    def best_json(self) -> str:
-        return self.path("best.json")
-
-    @property
-    def config_json(self) -> str:
-        return self.path("config.json")
-
-    @property
-    def tensorboard(self) -> str:
-        return self.path("tensorboard")
-
-    @property
-    def export(self) -> "ExportPaths":
-        return ExportPaths.of(self.path(EXPORT))
+def write_run_json(path: str, value, sort_keys: bool = False) -> None:
+    """config.json, best.json, export/preprocessing.json: JSON with indent 1 and no trailing
+    newline (unlike atomic_files.write_json_atomically, so the files keep their bytes), replaced
+    atomically and durably."""
+    with atomic_files.replace_atomically(path) as f:
+        json.dump(value, f, indent=1, sort_keys=sort_keys)
 
 
 @dataclasses.dataclass(frozen=True)

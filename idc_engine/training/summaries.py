@@ -1,4 +1,5 @@
-"""TensorBoard for a run: `model_dir/tensorboard/{train,validation}`, written by the chief only.
+"""TensorBoard for a run: `<tensorboard>/{train,validation}` (RunDir.tensorboard), written by the
+chief only.
 
 Train and validation scalars share names ("loss", "accuracy", ...) so TensorBoard overlays
 their curves. Each validation also writes a confusion-matrix image; the run's resolved
@@ -17,8 +18,7 @@ _SCALAR_SKIP = ("confusion_matrix", "num_examples", "threshold")
 
 
 class Writers:
-    def __init__(self, model_dir: str, enabled: bool):
-        root = os.path.join(model_dir, "tensorboard")
+    def __init__(self, root: str, enabled: bool):
         make = (tf.summary.create_file_writer if enabled
                 else lambda _: tf.summary.create_noop_writer())
         self.train = make(os.path.join(root, "train"))
