@@ -37,8 +37,11 @@ def replace_atomically(path: str, mode: str = "w", **open_args):
             os.remove(tmp)
 
 
-def write_json_atomically(path: str, value, sort_keys: bool = False) -> None:
-    """Writes `value` as JSON (indent 1, trailing newline) to `path` atomically and durably."""
+def write_json_atomically(path: str, value, sort_keys: bool = False,
+                          trailing_newline: bool = True) -> None:
+    """Writes `value` as JSON (indent 1) to `path` atomically and durably. The training run's
+    own files (config.json, best.json, preprocessing.json) have no trailing newline."""
     with replace_atomically(path) as f:
         json.dump(value, f, indent=1, sort_keys=sort_keys)
-        f.write("\n")
+        if trailing_newline:
+            f.write("\n")

@@ -50,8 +50,8 @@ HEAD_DENSE_PARAMS = 4608 * 256 + 256
 
 @pytest.fixture(autouse=True)
 def float32_policy():
-    """Every test starts under float32 whatever ran before it (the policy is process-global, and
-    idc_engine.training.loop.train sets it without restoring it); the previous one is put back."""
+    """Every test starts under float32 whatever ran before it (the Keras policy is
+    process-global); the previous one is put back."""
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("float32")
     try:

@@ -11,11 +11,11 @@ import math
 import tensorflow as tf
 from absl import logging
 
-from idc_engine import errors
+from idc_engine import atomic_files, errors
 from idc_engine.training import objectives, summaries
 from idc_engine.training.checkpoints import RunCheckpoints
 from idc_engine.training.config import TrainConfig
-from idc_engine.training.run_dir import RunDir, write_run_json
+from idc_engine.training.run_dir import RunDir
 from idc_engine.training.validation import Validator
 
 
@@ -101,7 +101,8 @@ class BestValidation:
             return False
         self._checkpoints.save_best()
         if self._is_chief:
-            write_run_json(self._run.best_json, {"step": step, **metrics})
+            atomic_files.write_json_atomically(self._run.best_json, {"step": step, **metrics},
+                                               trailing_newline=False)
         return True
 
 

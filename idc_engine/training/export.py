@@ -11,6 +11,7 @@ import os
 import keras
 import tensorflow as tf
 
+from idc_engine import atomic_files
 from idc_engine.data import records
 from idc_engine.models.preprocessing import model_input
 from idc_engine.scoring import thresholds
@@ -53,7 +54,7 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
     portable.save(target.keras)
     module = ServingModule(portable, image_size, mean, std)
     tf.saved_model.save(module, target.saved_model, signatures={"serving_default": module.serve})
-    run_dir.write_run_json(target.preprocessing, {
+    atomic_files.write_json_atomically(target.preprocessing, trailing_newline=False, value={
         "image_size": image_size, "channel_mean": list(mean), "channel_std": list(std),
         "input": "uint8 RGB patches, 50x50, resized to image_size, then (x - mean) / std"})
     paths = {"keras": target.keras, "saved_model": target.saved_model,

@@ -47,14 +47,6 @@ class RunDir:
         self.export = ExportPaths.of(os.path.join(root, EXPORT))
 
 
-def write_run_json(path: str, value, sort_keys: bool = False) -> None:
-    """config.json, best.json, export/preprocessing.json: JSON with indent 1 and no trailing
-    newline (unlike atomic_files.write_json_atomically, so the files keep their bytes), replaced
-    atomically and durably."""
-    with atomic_files.replace_atomically(path) as f:
-        json.dump(value, f, indent=1, sort_keys=sort_keys)
-
-
 @dataclasses.dataclass(frozen=True)
 class ExportPaths:
     """The artefacts of one export (idc_engine/training/export.py writes them); some may be absent."""

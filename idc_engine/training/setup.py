@@ -11,14 +11,14 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from idc_engine import models
+from idc_engine import atomic_files, models
 from idc_engine.data import manifest as manifest_lib
 from idc_engine.input import pipeline
 from idc_engine.input.augment import augment_on_device, parse_spec, write_augmentation_summary
 from idc_engine.training import devices, objectives, summaries
 from idc_engine.training.checkpoints import Counters, make_counters
 from idc_engine.training.config import ConfigError, TrainConfig
-from idc_engine.training.run_dir import RunDir, write_run_json
+from idc_engine.training.run_dir import RunDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +167,8 @@ def record_run_start(config: TrainConfig, run: RunDir, resolved: dict,
                      writers: summaries.Writers, augment_steps: list, start_step: int) -> None:
     """On the chief: config.json, the HParams summary and, with augmentation, a sample of it."""
     os.makedirs(run.root, exist_ok=True)
-    write_run_json(run.config_json, resolved, sort_keys=True)
+    atomic_files.write_json_atomically(run.config_json, resolved, sort_keys=True,
+                                       trailing_newline=False)
     writers.hparams(resolved)
     if augment_steps:
         sample, _ = next(iter(pipeline.make_dataset(config.data_dir, "train", 16,
