@@ -56,7 +56,7 @@ class EvaluateConfig:
 
     @property
     def resolved_output_dir(self) -> str:
-        return self.output_dir or os.path.join(self.run_dir.path("evaluation"), self.split)
+        return self.output_dir or self.run_dir.evaluation(self.split)
 
     @property
     def threshold_is_fixed(self) -> bool:

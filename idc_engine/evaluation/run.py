@@ -254,6 +254,6 @@ def evaluate(config: EvaluateConfig) -> dict:
     report.write_files(output_dir, result, evaluated, threshold)
     images = {f"plots/{name}": path for name, path in figures.items()}
     images.update({f"slides/patient_{p}": path for p, path in slides.items()})
-    report.write_tensorboard(os.path.join(config.run_dir.tensorboard, f"evaluation_{config.split}"),
+    report.write_tensorboard(config.run_dir.evaluation_tensorboard(config.split),
                              step or 0, result, images)
     return result

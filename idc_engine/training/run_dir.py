@@ -12,6 +12,8 @@
     <model_dir>/export/threshold.json     the decision threshold predict applies: chosen on the
                                           val split by training's best validation, then by
                                           python -m idc_engine.evaluate
+    <model_dir>/evaluation/<split>/       python -m idc_engine.evaluate's report of a split
+    <model_dir>/tensorboard/evaluation_<split>/  and its TensorBoard summaries
 """
 
 import dataclasses
@@ -45,6 +47,12 @@ class RunDir:
         self.tensorboard = os.path.join(root, "tensorboard")
         self.profile = os.path.join(root, "profile")
         self.export = ExportPaths.of(os.path.join(root, EXPORT))
+
+    def evaluation(self, split: str) -> str:
+        return os.path.join(self.root, "evaluation", split)
+
+    def evaluation_tensorboard(self, split: str) -> str:
+        return os.path.join(self.tensorboard, f"evaluation_{split}")
 
 
 @dataclasses.dataclass(frozen=True)
