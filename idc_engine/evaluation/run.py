@@ -19,9 +19,9 @@ import numpy as np
 
 from idc_engine import __version__
 from idc_engine.data import manifest as manifest_lib
-from idc_engine.evaluation import patients, plots, report, slide_maps, slide_patches
+from idc_engine.evaluation import patients, plots, report, slide_maps, slide_patches, tta_comparison
 from idc_engine.evaluation.config import EvaluateConfig, EvaluationError
-from idc_engine.inference import serving
+from idc_engine.inference import serving, tta
 from idc_engine.scoring import metrics as metrics_lib
 from idc_engine.scoring import thresholds
 from idc_engine.training import run_dir
@@ -238,7 +238,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     check_inputs(config)
     output_dir = config.resolved_output_dir
     os.makedirs(output_dir, exist_ok=True)
-    served = serving.ServedModel(config.saved_model_dir)
+    plain = serving.ServedModel(config.saved_model_dir)
+    served = tta.with_tta(plain, config.tta)
     step = model_step(config.run_dir)
     threshold, details, tuning = choose_threshold(config, served)
     record = threshold_record(config, threshold, details, step)
@@ -251,6 +252,10 @@ def evaluate(config: EvaluateConfig) -> dict:
     slides = draw_slide_maps(config, scores, output_dir)
     result = _result(config, step, record, threshold_file, scores, figures, slides)
     result["summary_text"] = report.format_summary(result)
+    if config.tta != "none":
+        result["tta"] = tta_comparison.compare(config, plain, served)
+        result["summary_text"] += "\n".join(tta_comparison.format_lines(
+            result["tta"], scores.patch, threshold))
     report.write_files(output_dir, result, evaluated, threshold)
     images = {f"plots/{name}": path for name, path in figures.items()}
     images.update({f"slides/patient_{p}": path for p, path in slides.items()})
