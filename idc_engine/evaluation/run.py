@@ -19,7 +19,15 @@ import numpy as np
 
 from idc_engine import __version__
 from idc_engine.data import manifest as manifest_lib
-from idc_engine.evaluation import patients, plots, report, slide_maps, slide_patches, tta_comparison
+from idc_engine.evaluation import (
+    calibration_report,
+    patients,
+    plots,
+    report,
+    slide_maps,
+    slide_patches,
+    tta_comparison,
+)
 from idc_engine.evaluation.config import EvaluateConfig, EvaluationError
 from idc_engine.inference import serving, tta
 from idc_engine.scoring import metrics as metrics_lib
@@ -251,7 +259,14 @@ def evaluate(config: EvaluateConfig) -> dict:
     figures = draw_figures(config, scores, tuning, output_dir, step)
     slides = draw_slide_maps(config, scores, output_dir)
     result = _result(config, step, record, threshold_file, scores, figures, slides)
+    if evaluated.idc_probability_uncalibrated is not None:
+        result["calibration_effect"], figures["calibration_uncalibrated"] = (
+            calibration_report.compare(evaluated, config.run_dir.export.calibration,
+                                       config.split, output_dir))
     result["summary_text"] = report.format_summary(result)
+    if "calibration_effect" in result:
+        result["summary_text"] += "\n".join(calibration_report.format_lines(
+            result["calibration_effect"]))
     if config.tta != "none":
         result["tta"] = tta_comparison.compare(config, plain, served)
         result["summary_text"] += "\n".join(tta_comparison.format_lines(
