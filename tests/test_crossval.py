@@ -50,9 +50,9 @@ def crossvalidated(kfold_data, tmp_path_factory):
     data_dir, _ = kfold_data
     model_dir = str(tmp_path_factory.mktemp("crossval") / "cv")
     config = TrainConfig(data_dir=data_dir, model_dir=model_dir, model="plain_cnn",
-                         train_steps=4, global_batch_size=32, steps_per_loop=2,
-                         validation_every_steps=4, augment="none", strategy="default")
-    summary = crossval.cross_validate(config, bootstrap=50, seed=0)
+                         train_steps=2, global_batch_size=32, steps_per_loop=2,
+                         validation_every_steps=2, augment="none", strategy="default")
+    summary = crossval.cross_validate(config, bootstrap=50, seed=0, fold_figures=False)
     return config, summary
 
 
@@ -118,7 +118,8 @@ def test_a_finished_cross_validation_resumes_without_training_again(crossvalidat
     def must_not_train(_):
         raise AssertionError("a fold was trained again")
 
-    again = crossval.cross_validate(config, bootstrap=50, seed=0, train=must_not_train)
+    again = crossval.cross_validate(config, bootstrap=50, seed=0, train=must_not_train,
+                                    fold_figures=False)
     assert again["pooled"] == summary["pooled"]
 
 

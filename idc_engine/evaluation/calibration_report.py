@@ -22,13 +22,15 @@ def _figures(labels, prob) -> dict:
     return {key: patch[key] for _, key in COMPARED}
 
 
-def compare(predictions, calibration_json: str, split: str, output_dir: str) -> tuple[dict, str]:
+def compare(predictions, calibration_json: str, split: str,
+            output_dir: str | None) -> tuple[dict, str | None]:
     """(metrics.json's "calibration_effect" entry, the PNG of the reliability diagram before
-    calibration). predictions: serving.Predictions with idc_probability_uncalibrated set."""
+    calibration, None without output_dir). predictions: serving.Predictions with
+    idc_probability_uncalibrated set."""
     labels = predictions.labels
     before = predictions.idc_probability_uncalibrated
     bins_before = metrics_lib.calibration_bins(labels, before)
-    figure = plots.plot_calibration(
+    figure = output_dir and plots.plot_calibration(
         bins_before, metrics_lib.brier_score(labels, before),
         os.path.join(output_dir, "calibration_uncalibrated.png"),
         f"calibration before the export's calibration ({split} split, patches)")

@@ -45,6 +45,9 @@ class EvaluateConfig:
     output_dir: str = cli.option("", "Where metrics.json, the figures and slides/ go; default "
                                  "<model_dir>/evaluation/<split>.")
     batch_size: int = cli.option(512, "Patches per call of the served model.")
+    figures: bool = cli.option(True, "Draw the PNG figures and slide maps and write the "
+                               "TensorBoard summaries (python -m idc_engine.crossval's folds may "
+                               "go without).")
     tta: str = cli.option("none", "Test-time augmentation: none, or d4 (the mean IDC "
                           "probability over the 8 rotations/mirrorings of each patch, one batch "
                           "of 8N per call; idc_engine/inference/tta.py). With d4 the report is "

@@ -65,9 +65,9 @@ def fold_manifest(manifest: dict, data_dir: str, folds: list[str], k: int) -> di
     return view
 
 
-def run_fold(train_config, k: int, fold_dir: str, view: dict, train) -> dict:
+def run_fold(train_config, k: int, fold_dir: str, view: dict, train, figures: bool) -> dict:
     """Trains (unless fold_dir/trained says it was) and evaluates (unless its metrics.json is
-    there) fold k; returns the evaluation's metrics.json contents."""
+    there; with its figures or not) fold k; returns the evaluation's metrics.json contents."""
     import json
 
     data_dir = os.path.join(fold_dir, "data")
@@ -80,7 +80,7 @@ def run_fold(train_config, k: int, fold_dir: str, view: dict, train) -> dict:
         with atomic_files.replace_atomically(marker) as f:
             f.write("exported\n")
     config = EvaluateConfig(model_dir=model_dir, data_dir=data_dir, split="test",
-                            threshold_split="val", bootstrap=0, slides="0")
+                            threshold_split="val", bootstrap=0, slides="0", figures=figures)
     metrics_path = os.path.join(config.resolved_output_dir, "metrics.json")
     if not os.path.exists(metrics_path):
         from idc_engine.evaluation.run import evaluate
@@ -90,10 +90,12 @@ def run_fold(train_config, k: int, fold_dir: str, view: dict, train) -> dict:
         return json.load(f)
 
 
-def cross_validate(train_config, bootstrap: int = 1000, seed: int = 0, train=None) -> dict:
+def cross_validate(train_config, bootstrap: int = 1000, seed: int = 0, train=None,
+                   fold_figures: bool = True) -> dict:
     """Runs every fold of train_config.data_dir (a --split=kfold conversion) under
     train_config.model_dir, then writes the summary (crossval_summary.py); returns it.
-    train: TrainConfig -> summary (default: idc_engine.training.loop.train)."""
+    train: TrainConfig -> summary (default: idc_engine.training.loop.train); fold_figures:
+    each fold's evaluation draws its figures and TensorBoard summaries."""
     if train is None:
         from idc_engine.training.loop import train
     data_dir, root = train_config.data_dir, train_config.model_dir
@@ -103,6 +105,6 @@ def cross_validate(train_config, bootstrap: int = 1000, seed: int = 0, train=Non
     for k in range(len(folds)):
         fold_dir = os.path.join(root, f"fold_{k}")
         metrics = run_fold(train_config, k, fold_dir,
-                           fold_manifest(manifest, data_dir, folds, k), train)
+                           fold_manifest(manifest, data_dir, folds, k), train, fold_figures)
         results.append((k, folds[k], metrics))
     return crossval_summary.summarize(results, os.path.join(root, "crossval"), bootstrap, seed)

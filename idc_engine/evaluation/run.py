@@ -256,13 +256,14 @@ def evaluate(config: EvaluateConfig) -> dict:
     same_split = tuning is not None and config.split == config.threshold_split
     evaluated = tuning if same_split else predict(served, config, config.split)
     scores = score(config, evaluated, threshold)
-    figures = draw_figures(config, scores, tuning, output_dir, step)
-    slides = draw_slide_maps(config, scores, output_dir)
+    figures = draw_figures(config, scores, tuning, output_dir, step) if config.figures else {}
+    slides = draw_slide_maps(config, scores, output_dir) if config.figures else {}
     result = _result(config, step, record, threshold_file, scores, figures, slides)
     if evaluated.idc_probability_uncalibrated is not None:
-        result["calibration_effect"], figures["calibration_uncalibrated"] = (
-            calibration_report.compare(evaluated, config.run_dir.export.calibration,
-                                       config.split, output_dir))
+        result["calibration_effect"], figure = calibration_report.compare(
+            evaluated, config.run_dir.export.calibration, config.split,
+            output_dir if config.figures else None)
+        figures.update({"calibration_uncalibrated": figure} if figure else {})
     result["summary_text"] = report.format_summary(result)
     if "calibration_effect" in result:
         result["summary_text"] += "\n".join(calibration_report.format_lines(
@@ -274,6 +275,7 @@ def evaluate(config: EvaluateConfig) -> dict:
     report.write_files(output_dir, result, evaluated, threshold)
     images = {f"plots/{name}": path for name, path in figures.items()}
     images.update({f"slides/patient_{p}": path for p, path in slides.items()})
-    report.write_tensorboard(config.run_dir.evaluation_tensorboard(config.split),
-                             step or 0, result, images)
+    if config.figures:
+        report.write_tensorboard(config.run_dir.evaluation_tensorboard(config.split),
+                                 step or 0, result, images)
     return result
