@@ -75,7 +75,8 @@ def _fold_predictions(model_dir: str) -> dict:
     return out
 
 
-def test_pooled_figures_agree_with_the_saved_per_fold_predictions(crossvalidated, kfold_data):
+def test_pooled_figures_agree_with_saved_fold_predictions_and_a_rerun_trains_nothing(
+        crossvalidated, kfold_data):
     config, summary = crossvalidated
     _, manifest = kfold_data
     with open(os.path.join(config.model_dir, "crossval", "summary.json")) as f:
@@ -111,10 +112,7 @@ def test_pooled_figures_agree_with_the_saved_per_fold_predictions(crossvalidated
     assert glob.glob(os.path.join(config.model_dir, "crossval", "tensorboard", "*tfevents*"))
     assert "pooled" in summary["summary_text"]
 
-
-def test_a_finished_cross_validation_resumes_without_training_again(crossvalidated):
-    config, summary = crossvalidated
-
+    # finished: run again, nothing is trained (one test, so pytest -n runs the folds once)
     def must_not_train(_):
         raise AssertionError("a fold was trained again")
 
