@@ -37,6 +37,11 @@ class ConvertConfig:
                                         "--split. Patients not in it are reported and left out.")
     val_fraction: float = cli.option(0.1, "Fraction of patients for validation (--split=patients).")
     test_fraction: float = cli.option(0.1, "Fraction of patients for test (--split=patients).")
+    folds: int = cli.option(5, "Folds of --split=kfold (patients stratified by IDC ratio; "
+                            "python -m idc_engine.crossval trains and scores each).")
+    kfold_test: str = cli.option("none", "--split=kfold's held-out test set, in no fold: none; "
+                                 "stratified (--test_fraction of the patients); janowczyk2016 "
+                                 "(the published test patients).")
     seed: int = cli.option(0, "Seed of the patient split and of the record order in shards.")
     num_shards: int = cli.option(0, "Shards per split; 0 = from --shard_size_mb and "
                                  "--min_shards. Never more than the split's patients (one patient, "
@@ -58,7 +63,8 @@ def define_flags() -> None:
                       "patients: random patient split stratified by IDC ratio "
                       "(--val_fraction, --test_fraction, --seed). janowczyk2016: the published "
                       "84/29/49-patient split of Cruz-Roa 2014 / Janowczyk 2016; other patients "
-                      "are reported and left out.")
+                      "are reported and left out. kfold: --folds patient folds (fold0...), "
+                      "stratified by IDC ratio, and --kfold_test.")
     flags.DEFINE_enum("image_encoding", "raw", records.IMAGE_ENCODINGS, "raw: uint8 HWC bytes (fastest "
                       "to read); png: the PNG bytes (about 2.5x smaller files, slower to read).")
 
@@ -96,7 +102,8 @@ def main(argv) -> int:
         test_fraction=config.test_fraction, seed=config.seed, num_shards=config.num_shards,
         shard_size_mb=config.shard_size_mb, min_shards=config.min_shards,
         image_encoding=FLAGS.image_encoding, num_workers=config.num_workers,
-        overwrite=config.overwrite, progress=config.progress)
+        overwrite=config.overwrite, progress=config.progress, folds=config.folds,
+        kfold_test=config.kfold_test)
     print(format_report(manifest, config.output_dir))
     return 0
 

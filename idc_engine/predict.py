@@ -43,7 +43,7 @@ from absl import app
 from absl import logging as absl_logging
 
 from idc_engine import cli
-from idc_engine.inference import patch_files, prediction_csv, prediction_rows, serving
+from idc_engine.inference import patch_files, prediction_csv, prediction_rows, serving, tta
 from idc_engine.training.run_dir import THRESHOLD_FILE, find_export, load_threshold
 
 
@@ -63,6 +63,8 @@ class PredictConfig:
     threshold: float | None = cli.option(None, "P(IDC) threshold of predicted_label; default: "
                                          "<export>/threshold.json (chosen on validation by "
                                          "idc_engine.evaluate), else 0.5.")
+    tta: str = cli.option("none", "Test-time augmentation: none, or d4 (the mean P(IDC) over "
+                          "the 8 rotations/mirrorings of each patch, one batch of 8N).")
 
 
 def define_flags() -> None:
@@ -79,6 +81,8 @@ def main(argv) -> int:
                              "and not neither")
     if config.batch_size < 1:
         raise app.UsageError("--batch_size must be >= 1")
+    if config.tta not in tta.TTA_MODES:
+        raise app.UsageError(f"--tta={config.tta!r}: use one of {', '.join(tta.TTA_MODES)}")
     paths = find_export(config.model)
     threshold = load_threshold(paths, config.threshold)
     if threshold.source == "default":
@@ -87,7 +91,7 @@ def main(argv) -> int:
     # TensorFlow's INFO chatter through absl would drown the summary
     std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
 
-    predictor = serving.ServedModel(paths.saved_model)
+    predictor = tta.with_tta(serving.ServedModel(paths.saved_model), config.tta)
     listing = None
     if inputs:
         listing = patch_files.list_inputs(inputs)

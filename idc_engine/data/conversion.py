@@ -60,7 +60,8 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
 # --- planning ------------------------------------------------------------------------------
 
 def assign_splits(listing, mode: str, split_file: str | None, val_fraction: float,
-                  test_fraction: float, seed: int) -> tuple[splits.PatientSplit, dict]:
+                  test_fraction: float, seed: int, folds: int = 5,
+                  kfold_test: str = "none") -> tuple[splits.PatientSplit, dict]:
     """Patient -> split for the scanned patches, and the settings that produced it."""
     if split_file:
         settings = {"mode": "file", "split_file": os.path.abspath(split_file)}
@@ -68,14 +69,37 @@ def assign_splits(listing, mode: str, split_file: str | None, val_fraction: floa
     if mode == "janowczyk2016":
         settings = {"mode": mode}
         return splits.restrict_to_data(splits.published_split(mode), listing.patients), settings
+    ratio = {patient: positive / n for patient, (n, positive) in listing.patients.items()}
+    if mode == "kfold":
+        return kfold_splits(ratio, folds, kfold_test, test_fraction, seed)
     settings = {"mode": mode, "val_fraction": val_fraction, "test_fraction": test_fraction,
                 "seed": seed, "stratified_by": "patient IDC ratio"}
-    ratio = {patient: positive / n for patient, (n, positive) in listing.patients.items()}
     return splits.stratified_patient_split(ratio, val_fraction, test_fraction, seed), settings
 
 
+def kfold_splits(ratio: dict[str, float], folds: int, kfold_test: str, test_fraction: float,
+                 seed: int) -> tuple[splits.PatientSplit, dict]:
+    """--split=kfold: the held-out test patients (--kfold_test: none; stratified, a
+    --test_fraction drawn as --split=patients draws it; janowczyk2016, the published test
+    patients present in the data), then the folds over the others."""
+    if kfold_test not in splits.KFOLD_TEST_MODES:
+        raise ValueError(f"--kfold_test={kfold_test!r}: use one of "
+                         f"{', '.join(splits.KFOLD_TEST_MODES)}")
+    test = []
+    if kfold_test == "stratified":
+        drawn = splits.stratified_patient_split(ratio, 0.0, test_fraction, seed).assignment
+        test = [p for p, s in drawn.items() if s == "test"]
+    elif kfold_test == "janowczyk2016":
+        test = [p for p, s in splits.published_split("janowczyk2016").items()
+                if s == "test" and p in ratio]
+    settings = {"mode": "kfold", "folds": folds, "kfold_test": kfold_test, "seed": seed,
+                "stratified_by": "patient IDC ratio",
+                **({"test_fraction": test_fraction} if kfold_test == "stratified" else {})}
+    return splits.kfold_patient_split(ratio, folds, seed, test), settings
+
+
 def scan_and_split(input_dir: str, pool, mode: str, split_file: str | None, val_fraction: float,
-                   test_fraction: float, seed: int):
+                   test_fraction: float, seed: int, folds: int = 5, kfold_test: str = "none"):
     """(listing, PatientSplit, settings) of `input_dir`; ConversionError if nothing is left."""
     listing = kaggle_tree.scan_tree(input_dir, pool)
     if not listing.rows:
@@ -83,7 +107,7 @@ def scan_and_split(input_dir: str, pool, mode: str, split_file: str | None, val_
                               f"found under --input_dir {input_dir!r}")
     try:
         patient_split, settings = assign_splits(listing, mode, split_file, val_fraction,
-                                                test_fraction, seed)
+                                                test_fraction, seed, folds, kfold_test)
     except ValueError as e:
         raise ConversionError(str(e)) from e
     if not patient_split.assignment:
@@ -104,7 +128,7 @@ def plan_shards(listing, assignment: dict[str, str], staging_dir: str, input_dir
     # raw records are ~7.6 KB; PNG ones about 40% of that
     bytes_per_example = 7600 if image_encoding == "raw" else 3000
     tasks = []
-    for split in manifest_lib.SPLITS:
+    for split in manifest_lib.ordered_splits(assignment.values()):
         sizes = {p: n for p, (n, _) in listing.patients.items() if assignment.get(p) == split}
         if not sizes:
             continue
@@ -119,7 +143,7 @@ def plan_shards(listing, assignment: dict[str, str], staging_dir: str, input_dir
             tasks.append(shard_writer.ShardTask(
                 split=split, index=index, path=os.path.join(staging_dir, name), input_dir=input_dir,
                 patches=patches,
-                image_encoding=image_encoding, seed=seed, with_stats=(split == "train")))
+                image_encoding=image_encoding, seed=seed, with_stats=manifest_lib.is_training_data(split)))
     return tasks
 
 
@@ -139,7 +163,8 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
                  split_file: str | None = None, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, seed: int = 0, num_shards: int = 0,
                  shard_size_mb: float = 64.0, min_shards: int = 8, image_encoding: str = "raw",
-                 num_workers: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
+                 num_workers: int = 0, overwrite: bool = False, progress: bool = True,
+                 folds: int = 5, kfold_test: str = "none") -> dict:
     """Converts `input_dir` into shards and a manifest in `output_dir`; returns the manifest.
 
     The keywords are python -m idc_engine.convert's flags. Raises ConversionError naming the
@@ -153,7 +178,8 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
     workers = workers if pool is not None else 1
     try:
         listing, patient_split, settings = scan_and_split(
-            input_dir, pool, split, split_file, val_fraction, test_fraction, seed)
+            input_dir, pool, split, split_file, val_fraction, test_fraction, seed, folds,
+            kfold_test)
         conversion_id, staging_dir = new_staging_dir(output_dir)
         tasks = plan_shards(listing, patient_split.assignment, staging_dir, input_dir, num_shards,
                             shard_size_mb, min_shards, image_encoding, seed)

@@ -25,9 +25,9 @@ def channel_stats(results) -> tuple[list[float], list[float]]:
 
 
 def _split_entries(results, shard_dir: str) -> dict:
-    """{split: its manifest entry} for the splits that have shards, in manifest_lib.SPLITS order."""
+    """{split: its manifest entry} for the splits that have shards, in manifest_lib.ordered_splits order."""
     entries = {}
-    for split in manifest_lib.SPLITS:
+    for split in manifest_lib.ordered_splits(r.split for r in results):
         shards = sorted((r for r in results if r.split == split), key=lambda r: r.index)
         if not shards:
             continue
@@ -49,7 +49,7 @@ def build_manifest(listing, patient_split, settings, results, input_dir, image_e
     """The manifest of a conversion whose shards go to `output_dir/shard_dir`."""
     skipped = listing.skipped + [s for r in results for s in r.skipped]
     padded = sorted((p for r in results for p in r.padded), key=lambda p: p["path"])
-    mean, std = channel_stats([r for r in results if r.split == "train"])
+    mean, std = channel_stats([r for r in results if manifest_lib.is_training_data(r.split)])
     return {
         "schema_version": manifest_lib.SCHEMA_VERSION,
         "image_shape": list(records.IMAGE_SHAPE),

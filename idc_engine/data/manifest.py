@@ -11,6 +11,7 @@ Layout (schema_version 1; paths are relative to the output directory):
                   "num_examples": int, "num_positive": int, "patients": [...],
                   "shards": [{"file", "num_examples", "num_positive", "num_bytes", "patients"}]},
         "val": {...}, "test": {...}            # a split with no patients is left out
+        # --split=kfold: "fold0" ... "fold<K-1>" (and "test" when held out) instead
       },
       "train_channel_mean": [r, g, b], "train_channel_std": [r, g, b],   # 0..255, unpadded pixels
       "split_settings": {"mode", "seed", ...},
@@ -39,6 +40,25 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MANIFEST_TEMPORARY_NAME = MANIFEST_NAME + ".tmp"  # write_manifest's, renamed to MANIFEST_NAME
 SPLITS = ("train", "val", "test")
+FOLD_PREFIX = "fold"  # --split=kfold's splits: fold0 ... fold<K-1>, and test when held out
+
+
+def fold_split(index: int) -> str:
+    return f"{FOLD_PREFIX}{index}"
+
+
+def ordered_splits(names) -> list[str]:
+    """The split names present in `names`, in SPLITS order, then folds by number."""
+    names = set(names)
+    folds = sorted((n for n in names if n.startswith(FOLD_PREFIX) and n[len(FOLD_PREFIX):]
+                    .isdigit()), key=lambda n: int(n[len(FOLD_PREFIX):]))
+    return [s for s in SPLITS if s in names] + folds
+
+
+def is_training_data(split: str) -> bool:
+    """The splits a model may be trained on, whose pixels give the channel mean/std: train, or
+    every fold of a k-fold conversion (the statistics are label-free; test is never in them)."""
+    return split == "train" or split not in SPLITS and ordered_splits([split]) == [split]
 
 
 class ManifestError(errors.EngineError, ValueError):

@@ -11,9 +11,10 @@ import json
 import math
 import random
 
-from idc_engine.data.manifest import SPLITS
+from idc_engine.data.manifest import SPLITS, fold_split
 
-SPLIT_MODES = ("patients", "janowczyk2016")
+SPLIT_MODES = ("patients", "janowczyk2016", "kfold")
+KFOLD_TEST_MODES = ("none", "stratified", "janowczyk2016")
 
 
 @dataclasses.dataclass
@@ -52,6 +53,32 @@ def stratified_patient_split(positive_ratio: dict[str, float], val_fraction: flo
             assignment[rng.choice(stratum)] = split
     for p in patients:
         assignment.setdefault(p, "train")
+    return PatientSplit(assignment, [], [])
+
+
+def kfold_patient_split(positive_ratio: dict[str, float], folds: int, seed: int,
+                        test_patients=()) -> PatientSplit:
+    """Patients -> "fold0" ... "fold<folds-1>" (and "test" for `test_patients`, held out of
+    every fold), stratified by IDC ratio: the patients, ordered by ratio, are cut into blocks of
+    `folds` consecutive ones and each block deals one patient to each fold in a random order, so
+    every fold spans the range from nearly-benign to tumour-rich and fold sizes differ by at
+    most one patient."""
+    if folds < 2:
+        raise ValueError(f"--folds must be >= 2, got {folds}")
+    held_out = set(test_patients)
+    rng = random.Random(seed)
+    patients = sorted(p for p in positive_ratio if p not in held_out)
+    if len(patients) < folds:
+        raise ValueError(f"--folds={folds} needs at least {folds} patients outside the test "
+                         f"set; the data has {len(patients)}")
+    rng.shuffle(patients)  # random order among equal ratios
+    patients.sort(key=lambda p: positive_ratio[p])
+    assignment = {p: "test" for p in sorted(held_out & set(positive_ratio))}
+    for start in range(0, len(patients), folds):
+        block = patients[start:start + folds]
+        order = rng.sample(range(folds), folds)
+        for patient, fold in zip(block, order):
+            assignment[patient] = fold_split(fold)
     return PatientSplit(assignment, [], [])
 
 

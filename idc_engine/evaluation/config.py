@@ -10,6 +10,7 @@ import os
 
 from idc_engine import cli, errors
 from idc_engine.evaluation import slide_maps
+from idc_engine.inference import tta
 from idc_engine.scoring import thresholds
 from idc_engine.training.run_dir import RunDir
 
@@ -44,6 +45,14 @@ class EvaluateConfig:
     output_dir: str = cli.option("", "Where metrics.json, the figures and slides/ go; default "
                                  "<model_dir>/evaluation/<split>.")
     batch_size: int = cli.option(512, "Patches per call of the served model.")
+    figures: bool = cli.option(True, "Draw the PNG figures and slide maps and write the "
+                               "TensorBoard summaries (python -m idc_engine.crossval's folds may "
+                               "go without).")
+    tta: str = cli.option("none", "Test-time augmentation: none, or d4 (the mean IDC "
+                          "probability over the 8 rotations/mirrorings of each patch, one batch "
+                          "of 8N per call; idc_engine/inference/tta.py). With d4 the report is "
+                          "the TTA model's and adds the metrics without TTA and the images/s of "
+                          "both.")
 
     @property
     def run_dir(self) -> RunDir:
@@ -90,6 +99,8 @@ class EvaluateConfig:
              "--threshold_split is required unless --threshold is a number")
         need(self.bootstrap >= 0, "--bootstrap must be >= 0 (0: no confidence intervals)")
         need(self.batch_size >= 1, "--batch_size must be >= 1")
+        need(self.tta in tta.TTA_MODES, f"--tta={self.tta!r}: use one of "
+             f"{', '.join(tta.TTA_MODES)}")
         try:
             slide_maps.parse_selection(self.slides)
         except ValueError as e:

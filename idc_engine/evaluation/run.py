@@ -19,9 +19,17 @@ import numpy as np
 
 from idc_engine import __version__
 from idc_engine.data import manifest as manifest_lib
-from idc_engine.evaluation import patients, plots, report, slide_maps, slide_patches
+from idc_engine.evaluation import (
+    calibration_report,
+    patients,
+    plots,
+    report,
+    slide_maps,
+    slide_patches,
+    tta_comparison,
+)
 from idc_engine.evaluation.config import EvaluateConfig, EvaluationError
-from idc_engine.inference import serving
+from idc_engine.inference import serving, tta
 from idc_engine.scoring import metrics as metrics_lib
 from idc_engine.scoring import thresholds
 from idc_engine.training import run_dir
@@ -238,7 +246,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     check_inputs(config)
     output_dir = config.resolved_output_dir
     os.makedirs(output_dir, exist_ok=True)
-    served = serving.ServedModel(config.saved_model_dir)
+    plain = serving.ServedModel(config.saved_model_dir)
+    served = tta.with_tta(plain, config.tta)
     step = model_step(config.run_dir)
     threshold, details, tuning = choose_threshold(config, served)
     record = threshold_record(config, threshold, details, step)
@@ -247,13 +256,26 @@ def evaluate(config: EvaluateConfig) -> dict:
     same_split = tuning is not None and config.split == config.threshold_split
     evaluated = tuning if same_split else predict(served, config, config.split)
     scores = score(config, evaluated, threshold)
-    figures = draw_figures(config, scores, tuning, output_dir, step)
-    slides = draw_slide_maps(config, scores, output_dir)
+    figures = draw_figures(config, scores, tuning, output_dir, step) if config.figures else {}
+    slides = draw_slide_maps(config, scores, output_dir) if config.figures else {}
     result = _result(config, step, record, threshold_file, scores, figures, slides)
+    if evaluated.idc_probability_uncalibrated is not None:
+        result["calibration_effect"], figure = calibration_report.compare(
+            evaluated, config.run_dir.export.calibration, config.split,
+            output_dir if config.figures else None)
+        figures.update({"calibration_uncalibrated": figure} if figure else {})
     result["summary_text"] = report.format_summary(result)
+    if "calibration_effect" in result:
+        result["summary_text"] += "\n".join(calibration_report.format_lines(
+            result["calibration_effect"]))
+    if config.tta != "none":
+        result["tta"] = tta_comparison.compare(config, plain, served)
+        result["summary_text"] += "\n".join(tta_comparison.format_lines(
+            result["tta"], scores.patch, threshold))
     report.write_files(output_dir, result, evaluated, threshold)
     images = {f"plots/{name}": path for name, path in figures.items()}
     images.update({f"slides/patient_{p}": path for p, path in slides.items()})
-    report.write_tensorboard(config.run_dir.evaluation_tensorboard(config.split),
-                             step or 0, result, images)
+    if config.figures:
+        report.write_tensorboard(config.run_dir.evaluation_tensorboard(config.split),
+                                 step or 0, result, images)
     return result

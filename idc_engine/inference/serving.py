@@ -10,6 +10,10 @@ import numpy as np
 
 from idc_engine import errors
 
+# The second output of a calibrated export (idc_engine/training/export.py): P(IDC) before the
+# calibration, as the network gives it.
+UNCALIBRATED = "idc_probability_uncalibrated"
+
 
 class ServingError(errors.EngineError, ValueError):
     """An export that cannot be served; the message names the path."""
@@ -31,10 +35,15 @@ class ServedModel:
             raise ServingError(f"{saved_model_dir!r} has no serving_default signature returning "
                                "idc_probability; re-export it with python -m idc_engine.train")
 
+    def outputs(self, images) -> dict:
+        """images uint8 [N, 50, 50, 3] (numpy or tensor) -> {output name: float32 [N]}:
+        idc_probability, and idc_probability_uncalibrated in exports that are calibrated."""
+        images = self._tf.convert_to_tensor(images, self._tf.uint8)
+        return {name: value.numpy() for name, value in self._serve(images=images).items()}
+
     def __call__(self, images) -> np.ndarray:
         """images uint8 [N, 50, 50, 3] (numpy or tensor) -> float32 [N]."""
-        images = self._tf.convert_to_tensor(images, self._tf.uint8)
-        return self._serve(images=images)["idc_probability"].numpy()
+        return self.outputs(images)["idc_probability"]
 
 
 @dataclasses.dataclass
@@ -45,6 +54,8 @@ class Predictions:
     patient_id: np.ndarray       # str [N]
     x: np.ndarray                # int64 [N]
     y: np.ndarray                # int64 [N]
+    # float32 [N] before the export's calibration; None when the export has no calibration
+    idc_probability_uncalibrated: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,17 +72,30 @@ def predict_split(served: ServedModel, data_dir: str, split: str, batch_size: in
 
     dataset = pipeline.make_dataset(data_dir, split, batch_size, training=False,
                                     with_metadata=True, deterministic=True)
-    parts = []
+    parts, uncalibrated = [], []
     try:
         for images, labels, metadata in dataset:
-            parts.append((labels.numpy(), served(images), metadata["patient_id"].numpy(),
-                          metadata["x"].numpy(), metadata["y"].numpy()))
+            outputs = _outputs(served, images)
+            parts.append((labels.numpy(), outputs["idc_probability"],
+                          metadata["patient_id"].numpy(), metadata["x"].numpy(),
+                          metadata["y"].numpy()))
+            uncalibrated.append(outputs.get(UNCALIBRATED))
     except tf.errors.DataLossError as e:
         raise shards.explain_data_loss(data_dir, split, e) from e
     if not parts:
         return Predictions(*(np.zeros(0, dtype) for dtype in
                              (np.int64, np.float32, str, np.int64, np.int64)))
     labels, prob, ids, x, y = (np.concatenate(column) for column in zip(*parts))
+    before = (None if any(u is None for u in uncalibrated)
+              else np.concatenate(uncalibrated).astype(np.float32))
     return Predictions(labels.astype(np.int64), prob.astype(np.float32),
                        np.array([i.decode() for i in ids]), x.astype(np.int64),
-                       y.astype(np.int64))
+                       y.astype(np.int64), before)
+
+
+def _outputs(served, images) -> dict:
+    """{output name: float32 [N]} of a ServedModel-like object, or of a plain callable
+    uint8 [N, 50, 50, 3] -> P(IDC) [N]."""
+    if hasattr(served, "outputs"):
+        return served.outputs(images)
+    return {"idc_probability": served(images)}

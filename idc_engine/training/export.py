@@ -14,33 +14,50 @@ import tensorflow as tf
 from idc_engine import atomic_files
 from idc_engine.data import records
 from idc_engine.models.preprocessing import model_input
-from idc_engine.scoring import thresholds
-from idc_engine.training import run_dir
+from idc_engine.scoring import calibration, thresholds
+from idc_engine.training import calibration_fit, run_dir
 
 
 class ServingModule(tf.Module):
+    """The SavedModel's serving function, with the calibration (scoring/calibration.py:
+    sigmoid((log-odds - prior_shift) / temperature)) as two variables, identity until set."""
+
     def __init__(self, model, image_size: int, mean, std):
         super().__init__()
         self.model = model
         self.image_size = image_size
         self.mean = tf.constant(mean, tf.float32)
         self.std = tf.constant(std, tf.float32)
+        self.temperature = tf.Variable(1.0, dtype=tf.float64, trainable=False)
+        self.prior_shift = tf.Variable(0.0, dtype=tf.float64, trainable=False)
 
     @tf.function(input_signature=[tf.TensorSpec([None, *records.IMAGE_SHAPE], tf.uint8,
                                                 name="images")])
     def serve(self, images):
-        """images uint8 [N, 50, 50, 3] -> {"idc_probability": float32 [N]}."""
+        """images uint8 [N, 50, 50, 3] -> {"idc_probability": float32 [N] (calibrated),
+        "idc_probability_uncalibrated": float32 [N] (the network's softmax P(IDC))}."""
         x = model_input(images, self.image_size, self.mean, self.std)
-        return {"idc_probability": self.model(x, training=False)[:, 1]}
+        p = self.model(x, training=False)[:, 1]
+        # a function of p alone, in float64: strictly increasing, so patches keep their ranking
+        # (log of 0 or 1 gives -inf / +inf, whose sigmoid is exactly 0 / 1)
+        p64 = tf.cast(p, tf.float64)
+        z = tf.math.log(p64) - tf.math.log1p(-p64)
+        calibrated = tf.sigmoid((z - self.prior_shift) / self.temperature)
+        return {"idc_probability": tf.cast(calibrated, tf.float32),
+                "idc_probability_uncalibrated": p}
 
 
 def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
-                 threshold: dict | None = None) -> dict:
+                 threshold: dict | None = None, calibrate_on: str | None = None,
+                 class_weights=(1.0, 1.0)) -> dict:
     """Writes the artefacts above (replacing older ones); returns their paths.
 
     rebuild: a function returning a fresh model of the same architecture (built here in float32).
-    threshold: the threshold.json record for this model ({"threshold": float, ...}); without
-      one, an older threshold.json (chosen for other weights) is removed.
+    threshold: the threshold.json record for this model ({"threshold": float, ...}, on
+      uncalibrated probabilities); without one, an older threshold.json (chosen for other
+      weights) is removed.
+    calibrate_on: a converted data directory whose val split the calibration is fitted on
+      (training/calibration_fit.py; class_weights [w_non_idc, w_idc] are the run's); None: none.
     """
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("float32")
@@ -53,17 +70,41 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
     target = run_dir.ExportPaths.of(export_dir)
     portable.save(target.keras)
     module = ServingModule(portable, image_size, mean, std)
+    fitted = _calibrate(module, calibrate_on, class_weights, target.calibration)
     tf.saved_model.save(module, target.saved_model, signatures={"serving_default": module.serve})
     atomic_files.write_json_atomically(target.preprocessing, trailing_newline=False, value={
         "image_size": image_size, "channel_mean": list(mean), "channel_std": list(std),
         "input": "uint8 RGB patches, 50x50, resized to image_size, then (x - mean) / std"})
     paths = {"keras": target.keras, "saved_model": target.saved_model,
              "preprocessing": target.preprocessing}
+    if fitted is not None:
+        paths["calibration"] = target.calibration
+        if threshold is not None:  # the same operating point, on the calibrated scale
+            threshold = {**threshold, "threshold_uncalibrated": threshold["threshold"],
+                         "threshold": float(calibration.calibrate(
+                             [threshold["threshold"]], fitted["temperature"],
+                             fitted["prior_shift"])[0])}
     if threshold is not None:
         paths["threshold"] = run_dir.write_threshold(export_dir, threshold)
     elif os.path.exists(target.threshold):
         os.remove(target.threshold)
     return paths
+
+
+def _calibrate(module: ServingModule, data_dir: str | None, class_weights,
+               record_path: str) -> dict | None:
+    """Fits and sets the module's calibration on data_dir's val split and writes its record to
+    record_path (calibration.json); None (and no record) when nothing was fitted."""
+    if os.path.exists(record_path):
+        os.remove(record_path)  # an older export's calibration
+    fitted = calibration_fit.fit_on_val(module.serve, data_dir, class_weights) if data_dir else None
+    if fitted is None:
+        return None
+    module.temperature.assign(fitted["temperature"])
+    module.prior_shift.assign(fitted["prior_shift"])
+    atomic_files.write_json_atomically(record_path, {**fitted, "data_dir": os.path.abspath(
+        data_dir), "class_weights": list(class_weights)}, trailing_newline=False)
+    return fitted
 
 
 def best_threshold_record(run: run_dir.RunDir, best_checkpoint: str | None,

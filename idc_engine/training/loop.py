@@ -67,7 +67,8 @@ def _train(config: TrainConfig) -> dict:
         summary["export"] = export.export_model(
             state.model, lambda: setup.build_model(config), run.export.export_dir,
             config.image_size, plan.mean, plan.std,
-            threshold=export.best_threshold_record(run, best, config.data_dir))
+            threshold=export.best_threshold_record(run, best, config.data_dir),
+            calibrate_on=config.data_dir, class_weights=plan.class_weights)
     return summary
 
 

@@ -8,6 +8,8 @@
     <model_dir>/profile/                  the profiler trace of --profile_steps
     <model_dir>/export/model.keras        the Keras model (input: normalized float images)
     <model_dir>/export/saved_model/       serving_default: uint8 [N, 50, 50, 3] -> idc_probability
+                                          (calibrated) and idc_probability_uncalibrated
+    <model_dir>/export/calibration.json   its temperature and prior shift, fitted on val
     <model_dir>/export/preprocessing.json image_size, channel mean/std: what model.keras expects
     <model_dir>/export/threshold.json     the decision threshold predict applies: chosen on the
                                           val split by training's best validation, then by
@@ -63,13 +65,15 @@ class ExportPaths:
     keras: str
     preprocessing: str
     threshold: str
+    calibration: str  # the temperature and prior shift the SavedModel applies, how fitted
 
     @classmethod
     def of(cls, export_dir: str) -> "ExportPaths":
         return cls(export_dir, os.path.join(export_dir, "saved_model"),
                    os.path.join(export_dir, "model.keras"),
                    os.path.join(export_dir, "preprocessing.json"),
-                   os.path.join(export_dir, THRESHOLD_FILE))
+                   os.path.join(export_dir, THRESHOLD_FILE),
+                   os.path.join(export_dir, "calibration.json"))
 
 
 def find_export(model: str) -> ExportPaths:
