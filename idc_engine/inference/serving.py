@@ -31,6 +31,12 @@ class ServedModel:
             raise ServingError(f"{saved_model_dir!r} has no serving_default signature returning "
                                "idc_probability; re-export it with python -m idc_engine.train")
 
+    @property
+    def signature(self):
+        """The serving_default concrete function: images=uint8 [N, 50, 50, 3] ->
+        {"idc_probability": float32 [N]} (tensors), to call inside a tf.function."""
+        return self._serve
+
     def __call__(self, images) -> np.ndarray:
         """images uint8 [N, 50, 50, 3] (numpy or tensor) -> float32 [N]."""
         images = self._tf.convert_to_tensor(images, self._tf.uint8)

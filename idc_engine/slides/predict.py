@@ -1,0 +1,50 @@
+"""The served model over a slide's tile batches, under a tf.distribute strategy.
+
+Each batch of tiles (uint8 [B, size, size, 3] at the read level) is split between the replicas
+(MirroredStrategy: several GPUs, or logical CPUs), each resizes its share to 50x50 on its device
+and runs the exported SavedModel's serving signature on it (the model evaluate and predict use).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+
+def resize_to_patch(images, patch_size: int):
+    """uint8 [B, s, s, 3] -> uint8 [B, patch_size, patch_size, 3]: antialiased bilinear (an area
+    average when shrinking, as the dataset's 16:1 downsampling was), rounded."""
+    if images.shape[1] == patch_size and images.shape[2] == patch_size:
+        return images
+    resized = tf.image.resize(tf.cast(images, tf.float32), [patch_size, patch_size],
+                              method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def make_step(signature, strategy: tf.distribute.Strategy, patch_size: int):
+    """A tf.function: a distributed batch -> the replicas' (index int64, P(IDC) float32) pairs."""
+    def replica(images, index):
+        # a replica's share of the last, partial batch can be empty: BatchNorm refuses 0 images
+        probability = tf.cond(
+            tf.shape(images)[0] > 0,
+            lambda: signature(images=resize_to_patch(images, patch_size))["idc_probability"],
+            lambda: tf.zeros([0], tf.float32))
+        return index, probability
+
+    @tf.function
+    def step(images, index):
+        return strategy.run(replica, args=(images, index))
+
+    return step
+
+
+def predict_batches(dataset, signature, strategy: tf.distribute.Strategy, patch_size: int):
+    """(index int64 [N], idc_probability float32 [N]) of every tile of the dataset's batches
+    ((images, index) pairs), in no particular order (index says which tile)."""
+    step = make_step(signature, strategy, patch_size)
+    indices, probabilities = [], []
+    for images, index in strategy.experimental_distribute_dataset(dataset):
+        index, probability = step(images, index)
+        indices.extend(t.numpy() for t in strategy.experimental_local_results(index))
+        probabilities.extend(t.numpy() for t in strategy.experimental_local_results(probability))
+    if not indices:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(indices), np.concatenate(probabilities).astype(np.float32)
