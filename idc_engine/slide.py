@@ -43,12 +43,13 @@ def main(argv) -> int:
     config = cli.config_from_flags(SlideConfig)
     config.validate()
     cli.keep_engine_logs_only()
-    from idc_engine.inference.serving import ServedModel  # TensorFlow loads from here
-    from idc_engine.slides.run import run_slide
-    from idc_engine.training import devices
     from idc_engine.training.run_dir import find_export, load_threshold
 
-    paths = find_export(config.model_dir)
+    paths = find_export(config.model_dir)  # before TensorFlow loads: a wrong path fails fast
+    from idc_engine.inference.serving import ServedModel
+    from idc_engine.slides.run import run_slide
+    from idc_engine.training import devices
+
     devices.configure_cpu_devices(config.num_cpu_devices)
     strategy, description = devices.make_strategy(config.strategy, config.num_cpu_devices)
     absl_logging.info("slides on %s", description)
@@ -58,7 +59,7 @@ def main(argv) -> int:
     failed = []
     for path in slides:
         try:
-            summary = run_slide(path, config, served, strategy, threshold, scale)
+            summary = run_slide(path, config, served, strategy, threshold, scale, description)
         except SlideError as e:
             print(f"error: {e}")
             failed.append(path)

@@ -27,7 +27,7 @@ class SlideConfig:
         "for a 40x scan); a slide's own mpp properties win.")
     tissue_threshold: float | None = cli.option(
         None, "HSV saturation (0..1) above which a thumbnail pixel is tissue; default: Otsu's "
-        "threshold on the slide's thumbnail, at least 0.08.")
+        "threshold on the slide's thumbnail, kept within [0.05, 0.12].")
     min_tissue_fraction: float = cli.option(0.25, "A tile is read when at least this fraction "
                                             "of its area is tissue in the mask.")
     threshold: float | None = cli.option(None, "P(IDC) threshold of the idc column; default: "

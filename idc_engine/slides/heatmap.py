@@ -2,6 +2,7 @@
 and a colour bar marking the threshold, in the colours of evaluate's slide maps."""
 
 import matplotlib
+import matplotlib.cm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,7 +39,9 @@ def render_heatmap(path: str, thumb: np.ndarray, level0_size: tuple[int, int], g
         axes.set_xlabel("x (level-0 pixels)")
         axes.set_ylabel("y (level-0 pixels)")
         axes.set_title(title)
-        bar = figure.colorbar(image, ax=axes, fraction=0.04)
+        # the bar shows the colours at full strength, not as blended over the tissue
+        bar = figure.colorbar(matplotlib.cm.ScalarMappable(image.norm, image.cmap), ax=axes,
+                              fraction=0.04)
         bar.set_label(f"IDC probability (green: threshold {threshold:.3g})")
         bar.ax.axhline(threshold, color=THRESHOLD_COLOUR, lw=2.5)
         with atomic_files.replace_atomically(path, "wb") as f:

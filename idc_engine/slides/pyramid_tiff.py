@@ -57,18 +57,21 @@ def _tiles(pool: np.ndarray, where: dict, shape: tuple[int, int], cell: int):
 
 def write_slide(path: str, patches, cells, grid_shape: tuple[int, int], um_per_pixel: float,
                 levels: int = 3, compression: str = "zlib") -> tuple[int, int]:
-    """Writes the slide; returns its level-0 (width, height) in pixels.
+    """Writes the slide (atomically: complete or absent); returns its level-0 (width, height) in pixels.
 
     patches uint8 [N, 50, 50, 3]; cells int [N, 2] (column, row), each cell at most once;
     grid_shape (rows, columns); level k is at um_per_pixel * 2^k.
     """
     import tifffile
 
+    from idc_engine import atomic_files
+
     patches = np.asarray(patches, np.uint8)
     cell = cell_pixels(um_per_pixel, levels)
     where = {(int(r), int(c)): i for i, (c, r) in enumerate(np.asarray(cells))}
     rows, columns = grid_shape
-    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+    with atomic_files.replace_atomically(path, "wb") as f, \
+            tifffile.TiffWriter(f, bigtiff=True) as tif:
         for level in range(levels):
             size = cell >> level
             shape = (rows * size, columns * size)

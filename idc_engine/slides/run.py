@@ -71,11 +71,13 @@ def _counts(grid, info, num_tissue: int, probability, idc, unreadable: list) -> 
             "mean_idc_probability": float(np.mean(probability)) if len(probability) else None}
 
 
-def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale: dict) -> dict:
+def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale: dict,
+              devices: str = "") -> dict:
     """Runs the phases on one slide; returns its summary (also OUT/<name>/summary.json).
 
     served: inference.serving.ServedModel loaded under `strategy`'s scope; threshold:
-    training.run_dir.Threshold; scale: config.model_scale(...)."""
+    training.run_dir.Threshold; scale: config.model_scale(...); devices: the strategy's
+    description, for the summary."""
     start = time.perf_counter()
     info, grid, thumb, mask, col, row = _plan(path, config, scale)
     folder = outputs.slide_output_dir(config.output_dir, path)
@@ -112,6 +114,7 @@ def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale
                "unreadable_regions": unreadable, "seconds": round(seconds, 3),
                "inference_seconds": round(inference_seconds, 3),
                "tiles_per_second": round(len(probability) / inference_seconds, 1),
+               "devices": devices,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "output_dir": folder}
     outputs.write_summary(os.path.join(folder, outputs.SUMMARY_JSON), summary)

@@ -2,9 +2,11 @@
 
 Computed on a low-resolution image of the slide (its thumbnail): stained tissue is saturated
 (H&E's pink and purple), glass and empty scanner background are grey-white (saturation ~0).
-The threshold on HSV saturation is Otsu's (the split that best separates the two populations),
-but never below MIN_SATURATION: on a slide that is nearly all glass Otsu would otherwise split
-the glass's own noise. --tissue_threshold replaces the choice.
+The threshold on HSV saturation is Otsu's (the split that best separates the two largest
+populations), kept within [MIN_SATURATION, MAX_SATURATION]: on a slide that is nearly all glass
+Otsu would split the glass's own noise, and on a slide of little glass and two stain
+populations (pale stroma, dark purple tumour) it splits the tissue between them, dropping the
+pale half. --tissue_threshold replaces the choice.
 
 A tile is tissue when at least `min_fraction` of its area is tissue in the mask; the fraction is
 read from a summed-area table of the mask, so the cost does not grow with the tiles' size.
@@ -14,7 +16,8 @@ import dataclasses
 
 import numpy as np
 
-MIN_SATURATION = 0.08  # glass and scanner background stay below this (0..1 HSV saturation)
+MIN_SATURATION = 0.05  # glass and scanner background stay below this (0..1 HSV saturation)
+MAX_SATURATION = 0.12  # faint eosin-stained tissue stays above this
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
@@ -55,9 +58,10 @@ def detect_tissue(thumb: np.ndarray, level0_size: tuple[int, int],
     if threshold is not None:
         value, source = float(threshold), "--tissue_threshold"
     else:
-        value, source = otsu_threshold(sat), "otsu"
-        if value < MIN_SATURATION:
-            value, source = MIN_SATURATION, f"otsu ({value:.3f}) raised to the floor"
+        otsu = otsu_threshold(sat)
+        value = min(max(otsu, MIN_SATURATION), MAX_SATURATION)
+        source = "otsu" if value == otsu else f"otsu ({otsu:.3f}) clipped to [{MIN_SATURATION}, "\
+            f"{MAX_SATURATION}]"
     scale = (level0_size[0] / thumb.shape[1], level0_size[1] / thumb.shape[0])
     return TissueMask(sat > value, scale, value, source)
 
