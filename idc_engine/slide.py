@@ -29,10 +29,20 @@ def define_flags() -> None:
 
 
 def _report(summary: dict) -> str:
-    return (f"{summary['slide']}: {summary['tiles_read']:,} tissue tiles read "
-            f"({summary['unreadable_tiles']} unreadable), {summary['idc_tiles']:,} IDC "
-            f"({summary['idc_area_mm2']:.3f} of {summary['tissue_area_mm2']:.3f} mm^2), "
-            f"{summary['tiles_per_second']:,.0f} tiles/s\n"
+    scale = summary["scale"]
+    return (f"{summary['slide']}: {summary['level0_dimensions'][0]:,}x"
+            f"{summary['level0_dimensions'][1]:,} px at {scale['slide_um_per_pixel']:g} um/px; "
+            f"level {scale['level']} ({scale['level_um_per_pixel']:g} um/px), "
+            f"{scale['tile_size_at_level']}-px tiles resized to {scale['model_patch_size']} "
+            f"({scale['tile_um_per_pixel_after_resize']:.3g} um/px)\n"
+            f"  {summary['tissue_tiles']:,} tissue tiles of {summary['grid_tiles']:,} "
+            f"({summary['unreadable_tiles']} unreadable): {summary['idc_tiles']:,} IDC at "
+            f"threshold {summary['threshold']:.3g}, {summary['idc_area_mm2']:.3f} of "
+            f"{summary['tissue_area_mm2']:.3f} mm^2 tissue (IDC fraction "
+            f"{summary['idc_fraction']:.1%})\n"
+            f"  {summary['seconds']:.1f} s, {summary['tiles_per_second']:,.0f} tiles/s "
+            f"(reading + model), peak memory {summary['peak_rss_mb']:,.0f} MB\n"
+            f"  summary: {summary['output_dir']}/summary.json\n"
             f"  heatmap: {summary['output_dir']}/heatmap.png")
 
 
