@@ -64,9 +64,11 @@ def test_the_heatmap_matches_the_truth_at_the_tile_level(slide_run, trained_mode
     tile_p = np.array([tiles[(int(r["x"]), int(r["y"]))] for r, f in zip(truth, found) if f])
     patch_p = ServedModel(find_export(trained_model_dir).saved_model)(
         slide_run["patches"]["images"])[np.array(found)]
-    assert np.corrcoef(tile_p, patch_p)[0, 1] > 0.95
+    # the slide's patches went through a 3.2x magnification and back (bicubic both ways): the
+    # tiles are not the patches' exact pixels, but a tile shifted by one cell would not correlate
+    assert np.corrcoef(tile_p, patch_p)[0, 1] > 0.8
     patch_auc, tile_auc = roc_auc_score(labels, patch_p), roc_auc_score(labels, tile_p)
-    assert tile_auc > 0.8 and abs(tile_auc - patch_auc) < 0.03, (tile_auc, patch_auc)
+    assert tile_auc > 0.85 and abs(tile_auc - patch_auc) < 0.05, (tile_auc, patch_auc)
 
 
 def test_the_level_nearest_the_model_scale_is_read_and_resized(slide_run):
