@@ -48,12 +48,42 @@ flags.DEFINE_integer("batch_size", 256, "Tiles per model call, in every path.")
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
 
 
+def _patch_pool(work: str) -> np.ndarray:
+    """uint8 [N, 50, 50, 3]: ~1,500 patches of a small synthetic tree (idc_engine.synthetic)."""
+    from PIL import Image
+
+    from idc_engine.data import synthetic
+
+    root = os.path.join(work, "tree")
+    if not os.path.isdir(root):
+        synthetic.write_dataset(root, num_patients=8, seed=0, min_patches=150, max_patches=250)
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
+                   if f.endswith(".png"))
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+
+
+def _export(work: str):
+    """(run_dir.ExportPaths, description): --model's export, or an untrained CancerNet's
+    (throughput does not depend on the weights' values)."""
+    import keras
+
+    from idc_engine import models
+    from idc_engine.training import export, run_dir
+
+    if FLAGS.model:
+        paths = run_dir.find_export(FLAGS.model)
+        return paths, paths.export_dir
+    keras.utils.set_random_seed(0)
+    build = lambda: models.build_model("cancernet", (50, 50, 3))  # noqa: E731
+    export.export_model(build(), build, os.path.join(work, "export"), 50, [190.0] * 3, [45.0] * 3)
+    return run_dir.find_export(os.path.join(work, "export")), "untrained CancerNet (export_model)"
+
+
 def _write_slide(path: str, grid: int) -> int:
     """The generated slide (module docstring); returns its number of tissue cells."""
-    from benchmarks.inference import load_images, synthetic_png_files
     from idc_engine.slides import pyramid_tiff
 
-    pool = load_images(synthetic_png_files(os.path.dirname(path), 1500), 1500)
+    pool = _patch_pool(os.path.dirname(path))
     r, c = np.mgrid[0:grid, 0:grid]
     inside = np.hypot((r + 0.5) / grid - 0.5, (c + 0.5) / grid - 0.5) < 0.5
     cells = np.stack([c[inside], r[inside]], axis=1)
@@ -137,12 +167,10 @@ def _peak_rss_mb(slide: str, model: str, work: str) -> float:
 
 def main(argv) -> None:
     del argv
-    from benchmarks.inference import benchmark_export
-
     absl_logging.set_verbosity(absl_logging.WARNING)
     work = tempfile.mkdtemp(prefix="idc_bench_slide_")
     try:
-        paths, model_source = benchmark_export(work)
+        paths, model_source = _export(work)
         slide, small = os.path.join(work, "slide.tiff"), os.path.join(work, "small.tiff")
         start = time.perf_counter()
         cells = _write_slide(slide, FLAGS.grid)
