@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import slide_files
+from cli_flags import check_every_flag_is_documented
 from sklearn.metrics import roc_auc_score
 
 from idc_engine.slides import reader, tissue, truth_slide
@@ -197,3 +198,11 @@ def test_tissue_is_split_from_glass_by_saturation():
                                       100, 100)
     np.testing.assert_allclose(fractions, [1.0, 0.0, 0.25])
     assert not tissue.detect_tissue(np.full((20, 20, 3), 250, np.uint8), (200, 200)).mask.any()
+
+
+def test_every_flag_is_in_helpfull():
+    result = subprocess.run([sys.executable, "-m", "idc_engine.slide", "--helpfull"],
+                            capture_output=True, text=True, timeout=120)
+    checked = check_every_flag_is_documented("idc_engine.slide", result.stdout)
+    assert {"model_dir", "output_dir", "slide_um_per_pixel", "tissue_threshold", "strategy",
+            "num_cpu_devices"} <= set(checked)
