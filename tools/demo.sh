@@ -6,7 +6,8 @@
 #   3. re-read every shard against the manifest,
 #   4. train CancerNet for a short run on the CPU and print its validation metrics,
 #   5. evaluate it on the test split: threshold chosen on validation, patch- and patient-level
-#      metrics with bootstrap confidence intervals, plots and slide maps.
+#      metrics with bootstrap confidence intervals, plots and slide maps,
+#   then whole-slide inference on a pyramidal TIFF of the test split's patches at their (x, y).
 # Idempotent: every run regenerates the same tree (fixed seed) and starts training afresh.
 set -euo pipefail
 # Drops TensorFlow's C++ start-up lines ("I0000 ... oneDNN", "cuInit" on a machine without a
@@ -37,3 +38,9 @@ python -m idc_engine.train --flagfile=flags/cpu_quick.flags --data_dir="$DATA" \
 
 echo "== 5/5 evaluate on the test split"
 python -m idc_engine.evaluate --model_dir="$MODEL" --data_dir="$DATA" 2>&1 | quiet
+
+SLIDES="$RUN_DIR/slides"
+echo "== whole-slide inference: a pyramidal TIFF of the test patches at their (x, y), then idc-slide"
+mkdir -p "$SLIDES"
+python tools/make_slide.py --data_dir="$DATA" --split=test --output="$SLIDES/test_split.tiff" 2>&1 | quiet
+python -m idc_engine.slide --model_dir="$MODEL" --output_dir="$SLIDES" "$SLIDES/test_split.tiff" 2>&1 | quiet | sed -u '/^{/,$d'

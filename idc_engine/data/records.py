@@ -25,6 +25,9 @@ PATCH_SIZE = 50
 CHANNELS = 3
 IMAGE_SHAPE = (PATCH_SIZE, PATCH_SIZE, CHANNELS)
 IMAGE_BYTES = PATCH_SIZE * PATCH_SIZE * CHANNELS
+# The Kaggle patches' scale: 40x scans (~0.25 um/px) downsampled 16:1 (Janowczyk & Madabhushi
+# 2016); whole-slide inference tiles a slide to this scale.
+PATCH_UM_PER_PIXEL = 4.0
 # How a record's image feature is stored: raw uint8 HWC bytes, or the PNG file's bytes.
 IMAGE_ENCODINGS = ("raw", "png")
 

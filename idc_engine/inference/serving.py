@@ -41,6 +41,12 @@ class ServedModel:
         images = self._tf.convert_to_tensor(images, self._tf.uint8)
         return {name: value.numpy() for name, value in self._serve(images=images).items()}
 
+    @property
+    def signature(self):
+        """The serving_default concrete function: images=uint8 [N, 50, 50, 3] ->
+        {"idc_probability": float32 [N]} (tensors), to call inside a tf.function."""
+        return self._serve
+
     def __call__(self, images) -> np.ndarray:
         """images uint8 [N, 50, 50, 3] (numpy or tensor) -> float32 [N]."""
         return self.outputs(images)["idc_probability"]

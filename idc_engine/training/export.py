@@ -74,7 +74,9 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
     tf.saved_model.save(module, target.saved_model, signatures={"serving_default": module.serve})
     atomic_files.write_json_atomically(target.preprocessing, trailing_newline=False, value={
         "image_size": image_size, "channel_mean": list(mean), "channel_std": list(std),
-        "input": "uint8 RGB patches, 50x50, resized to image_size, then (x - mean) / std"})
+        "input": "uint8 RGB patches, 50x50, resized to image_size, then (x - mean) / std",
+        # the scale the model was trained at, which whole-slide inference tiles slides to
+        "patch_size": records.PATCH_SIZE, "patch_um_per_pixel": records.PATCH_UM_PER_PIXEL})
     paths = {"keras": target.keras, "saved_model": target.saved_model,
              "preprocessing": target.preprocessing}
     if fitted is not None:

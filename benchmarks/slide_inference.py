@@ -1,0 +1,211 @@
+"""Whole-slide inference throughput: python -m idc_engine.slide's phases beside what they cost
+alone, and beside the loop a user writes first, on one generated pyramidal TIFF.
+
+    python -m benchmarks.slide_inference                      # untrained CancerNet, 180x180 grid
+    python -m benchmarks.slide_inference --model=runs/demo/cancernet --grid=200
+
+The slide (idc_engine/slides/pyramid_tiff.py): synthetic patches on a --grid x --grid cell grid,
+an ellipse of tissue (>= 20,000 tiles at the default) in white glass, level 0 at --um_per_pixel
+(3.125: a tile is 64 level-0 pixels, resized to 50), three levels, zlib-compressed TIFF tiles.
+Figures, in tissue tiles per second, each the median of --repeats runs (the first three
+alternate within each repetition so that they see the same machine load; warm-up excluded):
+
+    engine_end_to_end   run_slide (idc_engine/slides/run.py) whole: thumbnail, tissue mask,
+                        tiles read and predicted, every output written
+    engine_streaming    its read + tf.data + model phase alone (summary's tiles_per_second)
+    read_alone          (a) the same tiles read by the engine's reader (blocks, threads), no model
+    model_alone         (b) the SavedModel on the same tiles, already in memory at 50x50
+    plain_loop          (c) read_region one tile at a time, PIL resize, the SavedModel on each
+                        batch of --batch_size (once: it is the slow one)
+
+Targets (issue 16): engine_end_to_end >= 0.8 x min(read_alone, model_alone) and >= 3 x
+plain_loop. Peak memory: peak RSS of python -m idc_engine.slide in fresh processes on this
+slide and on one of a quarter of its tiles (flat in the slide's size: streaming).
+"""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+
+from benchmarks.report import BenchmarkReport
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "A model_dir or export dir; default: an untrained CancerNet.")
+flags.DEFINE_integer("grid", 180, "Grid cells per side of the slide (tissue: the inscribed "
+                     "ellipse, ~0.785 x grid^2 tiles).")
+flags.DEFINE_float("um_per_pixel", 3.125, "Level-0 scale of the generated slide.")
+flags.DEFINE_integer("repeats", 3, "Timed runs of each alternating figure (median reported).")
+flags.DEFINE_integer("batch_size", 256, "Tiles per model call, in every path.")
+flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
+
+
+def _patch_pool(work: str) -> np.ndarray:
+    """uint8 [N, 50, 50, 3]: ~1,500 patches of a small synthetic tree (idc_engine.synthetic)."""
+    from PIL import Image
+
+    from idc_engine.data import synthetic
+
+    root = os.path.join(work, "tree")
+    if not os.path.isdir(root):
+        synthetic.write_dataset(root, num_patients=8, seed=0, min_patches=150, max_patches=250)
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
+                   if f.endswith(".png"))
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+
+
+def _export(work: str):
+    """(run_dir.ExportPaths, description): --model's export, or an untrained CancerNet's
+    (throughput does not depend on the weights' values)."""
+    import keras
+
+    from idc_engine import models
+    from idc_engine.training import export, run_dir
+
+    if FLAGS.model:
+        paths = run_dir.find_export(FLAGS.model)
+        return paths, paths.export_dir
+    keras.utils.set_random_seed(0)
+    build = lambda: models.build_model("cancernet", (50, 50, 3))  # noqa: E731
+    export.export_model(build(), build, os.path.join(work, "export"), 50, [190.0] * 3, [45.0] * 3)
+    return run_dir.find_export(os.path.join(work, "export")), "untrained CancerNet (export_model)"
+
+
+def _write_slide(path: str, grid: int) -> int:
+    """The generated slide (module docstring); returns its number of tissue cells."""
+    from idc_engine.slides import pyramid_tiff
+
+    pool = _patch_pool(os.path.dirname(path))
+    r, c = np.mgrid[0:grid, 0:grid]
+    inside = np.hypot((r + 0.5) / grid - 0.5, (c + 0.5) / grid - 0.5) < 0.5
+    cells = np.stack([c[inside], r[inside]], axis=1)
+    patches = pool[np.arange(len(cells)) % len(pool)]
+    pyramid_tiff.write_slide(path, patches, cells, (grid, grid), FLAGS.um_per_pixel)
+    return len(cells)
+
+
+def _engine_plan(slide: str, paths):
+    """(run(), tiles, read(), in-memory 50x50 tiles, plain_loop()) over the same tissue tiles."""
+    import tensorflow as tf
+
+    from idc_engine.inference.serving import ServedModel
+    from idc_engine.slides import predict, run, tiles
+    from idc_engine.slides.config import SlideConfig, model_scale
+    from idc_engine.training.run_dir import load_threshold
+
+    served = ServedModel(paths.saved_model)
+    config = SlideConfig(model_dir=paths.export_dir, output_dir=tempfile.mkdtemp(),
+                         batch_size=FLAGS.batch_size)
+    scale, threshold = model_scale(paths), load_threshold(paths)
+    _, grid, _, _, col, row = run._plan(slide, config, scale)
+    strategy = tf.distribute.get_strategy()
+    summaries = []
+
+    def engine():
+        summaries.append(run.run_slide(slide, config, served, strategy, threshold, scale))
+
+    def read():
+        for _ in tiles.read_tiles(slide, grid, col, row, config.read_threads, []):
+            pass
+
+    in_memory = np.concatenate([predict.resize_to_patch(tf.constant(images), 50).numpy()
+                                for images, _ in tiles.read_tiles(slide, grid, col, row, 2, [])])
+
+    def model():
+        for start in range(0, len(in_memory), FLAGS.batch_size):
+            served(in_memory[start:start + FLAGS.batch_size])
+
+    return engine, summaries, read, model, _plain_loop(slide, grid, col, row, served), len(col)
+
+
+def _plain_loop(slide: str, grid, col, row, served):
+    """(c): what a user writes first: one read_region per tile, PIL resize, predict per batch."""
+    import openslide
+    from PIL import Image
+
+    def loop():
+        handle = openslide.OpenSlide(slide)
+        xs, ys = grid.level0_xy(col, row)
+        batch = []
+        for x, y in zip(xs.tolist(), ys.tolist()):
+            tile = handle.read_region((x, y), grid.level, (grid.size, grid.size)).convert("RGB")
+            batch.append(np.asarray(tile.resize((50, 50), Image.Resampling.BILINEAR)))
+            if len(batch) == FLAGS.batch_size:
+                served(np.stack(batch))
+                batch = []
+        if batch:
+            served(np.stack(batch))
+        handle.close()
+
+    return loop
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _peak_rss_mb(slide: str, model: str, work: str) -> float:
+    """Peak RSS of python -m idc_engine.slide on one slide, in a fresh process (its summary)."""
+    out = os.path.join(work, "cli_" + os.path.basename(slide))
+    subprocess.run([sys.executable, "-m", "idc_engine.slide", f"--model_dir={model}",
+                    f"--output_dir={out}", f"--batch_size={FLAGS.batch_size}", slide],
+                   check=True, capture_output=True)
+    name = os.path.basename(slide).split(".")[0]
+    with open(os.path.join(out, name, "summary.json")) as f:
+        return json.load(f)["peak_rss_mb"]
+
+
+def main(argv) -> None:
+    del argv
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    work = tempfile.mkdtemp(prefix="idc_bench_slide_")
+    try:
+        paths, model_source = _export(work)
+        slide, small = os.path.join(work, "slide.tiff"), os.path.join(work, "small.tiff")
+        start = time.perf_counter()
+        cells = _write_slide(slide, FLAGS.grid)
+        build_seconds = time.perf_counter() - start
+        small_cells = _write_slide(small, FLAGS.grid // 2)
+        engine, summaries, read, model, plain, num_tiles = _engine_plan(slide, paths)
+        timed = {"engine_end_to_end": engine, "read_alone": read, "model_alone": model}
+        for fn in timed.values():  # warm-up: tracing, the file in the page cache
+            fn()
+        seconds = {key: [] for key in timed}
+        for _ in range(FLAGS.repeats):
+            for key, fn in timed.items():
+                seconds[key].append(_timed(fn))
+        plain_seconds = _timed(plain)
+        rates = {key: num_tiles / statistics.median(v) for key, v in seconds.items()}
+        streaming = statistics.median(s["tiles_per_second"] for s in summaries[1:])
+        report = BenchmarkReport("slide_inference", FLAGS.output_dir, config={
+            "model": model_source, "grid": FLAGS.grid, "um_per_pixel": FLAGS.um_per_pixel,
+            "slide_cells_with_tissue": cells, "tissue_tiles": num_tiles,
+            "small_slide_cells_with_tissue": small_cells, "slide_build_seconds": build_seconds,
+            "batch_size": FLAGS.batch_size, "repeats": FLAGS.repeats,
+            "scale": summaries[-1]["scale"], "cores": len(os.sched_getaffinity(0))})
+        for key, rate in rates.items():
+            report.add(f"{key}_tiles_per_s", rate, seconds=seconds[key])
+        report.add("engine_streaming_tiles_per_s", streaming)
+        report.add("plain_loop_tiles_per_s", num_tiles / plain_seconds)
+        report.add("end_to_end_vs_slower_of_read_and_model",
+                   rates["engine_end_to_end"] / min(rates["read_alone"], rates["model_alone"]))
+        report.add("end_to_end_vs_plain_loop", rates["engine_end_to_end"] * plain_seconds / num_tiles)
+        report.add("peak_rss_mb_cli_slide", _peak_rss_mb(slide, paths.export_dir, work))
+        report.add("peak_rss_mb_cli_quarter_slide", _peak_rss_mb(small, paths.export_dir, work))
+        report.write()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,77 @@
+"""Whole-slide inference's configuration: one field per `python -m idc_engine.slide` flag.
+
+`validate()` turns every bad flag into one message naming it, before TensorFlow starts; the
+model's own scale is read from its export (`model_scale`).
+"""
+
+import dataclasses
+import json
+import os
+
+from idc_engine import cli, errors
+from idc_engine.data import records
+from idc_engine.training.run_dir import ExportPaths
+
+
+class SlideConfigError(errors.EngineError, ValueError):
+    """A flag of python -m idc_engine.slide that cannot be used; the message names it."""
+
+
+@dataclasses.dataclass
+class SlideConfig:
+    model_dir: str = cli.option("", "A training run (python -m idc_engine.train), its export/ "
+                                "folder or export/saved_model: the SavedModel evaluate uses.")
+    output_dir: str = cli.option("", "Where each slide's outputs go: OUTPUT_DIR/<slide name>/.")
+    slide_um_per_pixel: float | None = cli.option(
+        None, "Level-0 micrometres per pixel of slides without openslide.mpp-x/mpp-y (e.g. 0.25 "
+        "for a 40x scan); a slide's own mpp properties win.")
+    tissue_threshold: float | None = cli.option(
+        None, "HSV saturation (0..1) above which a thumbnail pixel is tissue; default: Otsu's "
+        "threshold on the slide's thumbnail, kept within [0.05, 0.12].")
+    min_tissue_fraction: float = cli.option(0.25, "A tile is read when at least this fraction "
+                                            "of its area is tissue in the mask.")
+    threshold: float | None = cli.option(None, "P(IDC) threshold of the idc column; default: "
+                                         "<export>/threshold.json, else 0.5.")
+    batch_size: int = cli.option(256, "Tiles per model call, summed over the replicas.")
+    read_threads: int = cli.option(2, "Threads reading slide regions ahead of the model.")
+    strategy: str = cli.option("auto", "As train's: auto (mirrored with several GPUs or "
+                               "--num_cpu_devices > 1, else one device), default, mirrored.")
+    num_cpu_devices: int = cli.option(1, "Split the CPU into N logical devices "
+                                      "(MirroredStrategy without GPUs).")
+
+    def validate(self) -> None:
+        """Raises SlideConfigError naming the first bad flag."""
+        checks = (
+            (self.model_dir, "--model_dir is required: a run written by python -m idc_engine.train"),
+            (self.output_dir, "--output_dir is required"),
+            (self.slide_um_per_pixel is None or self.slide_um_per_pixel > 0,
+             "--slide_um_per_pixel must be > 0"),
+            (self.tissue_threshold is None or 0 <= self.tissue_threshold < 1,
+             "--tissue_threshold must be in [0, 1)"),
+            (0 <= self.min_tissue_fraction <= 1, "--min_tissue_fraction must be in [0, 1]"),
+            (self.batch_size >= 1, "--batch_size must be >= 1"),
+            (self.read_threads >= 1, "--read_threads must be >= 1"),
+            (self.strategy in ("auto", "default", "mirrored"),
+             "--strategy must be auto, default or mirrored"),
+            (self.num_cpu_devices >= 1, "--num_cpu_devices must be >= 1"))
+        for ok, message in checks:
+            if not ok:
+                raise SlideConfigError(message)
+
+
+def model_scale(paths: ExportPaths) -> dict:
+    """{"patch_um_per_pixel", "patch_size", "source"} of the export's preprocessing.json;
+    exports written before these keys existed get the dataset's 4.0 um/px and 50 px, and
+    "source" says they were assumed."""
+    try:
+        with open(paths.preprocessing) as f:
+            preprocessing = json.load(f)
+    except (OSError, ValueError):
+        preprocessing = {}
+    if "patch_um_per_pixel" in preprocessing:
+        return {"patch_um_per_pixel": float(preprocessing["patch_um_per_pixel"]),
+                "patch_size": int(preprocessing.get("patch_size", records.PATCH_SIZE)),
+                "source": paths.preprocessing}
+    return {"patch_um_per_pixel": records.PATCH_UM_PER_PIXEL, "patch_size": records.PATCH_SIZE,
+            "source": f"assumed: no patch_um_per_pixel in {os.path.basename(paths.preprocessing)} "
+                      "(an older export); the dataset's 4.0 um/px"}

@@ -1,0 +1,79 @@
+"""What a slide's run writes in OUT/<slide name>/, each file atomically (complete or absent):
+
+    tiles.csv         x,y,width,height,idc_probability,idc: one row per tissue tile read, x, y
+                      its top-left corner and width, height its size, in level-0 pixels; idc =
+                      1 when idc_probability >= the threshold
+    idc.geojson       the IDC tiles as polygons in level-0 pixel coordinates: a FeatureCollection
+                      QuPath imports (File > Import objects), classification "IDC", the
+                      probability as the measurement "idc_probability"
+    tissue_mask.png   the tissue mask on the thumbnail (white: tissue)
+    heatmap.png       idc_engine/slides/heatmap.py
+    summary.json      written last: counts, areas, the scale, timings, unreadable regions
+"""
+
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from idc_engine import atomic_files
+
+TILES_CSV = "tiles.csv"
+GEOJSON = "idc.geojson"
+MASK_PNG = "tissue_mask.png"
+HEATMAP_PNG = "heatmap.png"
+SUMMARY_JSON = "summary.json"
+IDC_RGB = [192, 57, 43]  # the evaluation figures' IDC red
+
+
+def write_tiles_csv(path: str, x, y, size: int, probability, idc) -> None:
+    """x, y int [N] level-0 corners; size the tiles' level-0 side; probability float [N];
+    idc bool [N]."""
+    with atomic_files.replace_atomically(path) as f:
+        f.write("x,y,width,height,idc_probability,idc\n")
+        for row in zip(np.asarray(x).tolist(), np.asarray(y).tolist(),
+                       np.asarray(probability).tolist(), np.asarray(idc, np.int64).tolist()):
+            f.write(f"{row[0]},{row[1]},{size},{size},{row[2]:.6f},{row[3]}\n")
+
+
+def idc_features(x, y, size: int, probability) -> list[dict]:
+    """GeoJSON Features (closed square polygons, level-0 pixels) of the tiles given."""
+    features = []
+    for left, top, p in zip(np.asarray(x).tolist(), np.asarray(y).tolist(),
+                            np.asarray(probability).tolist()):
+        ring = [[left, top], [left + size, top], [left + size, top + size],
+                [left, top + size], [left, top]]
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                         "properties": {"objectType": "annotation",
+                                        "classification": {"name": "IDC", "color": IDC_RGB},
+                                        "measurements": {"idc_probability": round(p, 6)}}})
+    return features
+
+
+def write_geojson(path: str, x, y, size: int, probability) -> None:
+    with atomic_files.replace_atomically(path) as f:
+        json.dump({"type": "FeatureCollection", "features": idc_features(x, y, size, probability)},
+                  f)
+        f.write("\n")
+
+
+def write_png(path: str, image: np.ndarray) -> None:
+    """image uint8 [h, w] or [h, w, 3], or bool [h, w] (white where True)."""
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    with atomic_files.replace_atomically(path, "wb") as f:
+        Image.fromarray(image).save(f, format="PNG")
+
+
+def write_summary(path: str, summary: dict) -> None:
+    atomic_files.write_json_atomically(path, summary)
+
+
+def slide_output_dir(output_dir: str, slide_path: str) -> str:
+    """OUT/<slide file name without its extension> (created)."""
+    name = os.path.basename(slide_path)
+    stem = name.split(".")[0] or name
+    folder = os.path.join(output_dir, stem)
+    os.makedirs(folder, exist_ok=True)
+    return folder
