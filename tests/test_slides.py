@@ -206,3 +206,25 @@ def test_every_flag_is_in_helpfull():
     checked = check_every_flag_is_documented("idc_engine.slide", result.stdout)
     assert {"model_dir", "output_dir", "slide_um_per_pixel", "tissue_threshold", "strategy",
             "num_cpu_devices"} <= set(checked)
+
+
+def test_tta_in_the_slide_step_equals_tta_of_the_served_model(eval_data, trained_model_dir):
+    """--tta=d4 inside the distributed slide step (graph) gives each tile what evaluate's and
+    predict's TestTimeAugmented gives its patch (eager; itself checked against the mean of
+    8 separate predictions in tests/test_tta.py). 50-px tiles: the resize is the identity."""
+    import tensorflow as tf
+
+    from idc_engine.inference.serving import ServedModel
+    from idc_engine.inference.tta import TestTimeAugmented, augmented_signature
+    from idc_engine.slides import predict
+
+    images = slide_files.split_patches(eval_data[0])["images"][:96]
+    served = ServedModel(find_export(trained_model_dir).saved_model)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (images, np.arange(len(images), dtype=np.int64))).batch(40)
+    index, probability = predict.predict_batches(
+        dataset, augmented_signature(served.signature), tf.distribute.get_strategy(), 50)
+    expected = TestTimeAugmented(served)(images)
+    np.testing.assert_allclose(probability[np.argsort(index)], expected, atol=1e-6)
+    plain = served(images)
+    assert np.abs(expected - plain).max() > 1e-4  # the views do change the answer

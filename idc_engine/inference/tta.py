@@ -10,8 +10,9 @@ Invariance by construction: the 8 views of any transform g(x) are the 8 views of
 order, and the mean is taken over the values sorted per patch, so the sum runs in the same order
 whatever the order of the views: tta(g(x)) == tta(x).
 
-    TestTimeAugmented(served)          # what evaluate, predict and a slide step wrap
+    TestTimeAugmented(served)          # what evaluate and predict wrap
     tta_outputs(served.outputs, images)  # the function form, for any served callable
+    augmented_signature(signature)     # inside a tf.function (the slide step's replicas)
 """
 
 import numpy as np
@@ -30,19 +31,31 @@ def dihedral_views(images):
     return tf.concat(rotations + [tf.image.flip_left_right(r) for r in rotations], axis=0)
 
 
-def mean_over_views(values) -> np.ndarray:
-    """float [8N] (view-major, as dihedral_views orders them) -> float32 [N]: per patch, the
-    mean of its 8 values summed in sorted order (the same whatever order the views came in)."""
-    per_view = np.sort(np.asarray(values, np.float64).reshape(NUM_VIEWS, -1), axis=0)
-    return per_view.mean(axis=0).astype(np.float32)
+def mean_over_views(values):
+    """float [8N] (view-major, as dihedral_views orders them) -> float32 [N] tensor: per patch,
+    the mean of its 8 values in float64, summed in sorted order (the same whatever order the
+    views came in). Eager or inside a tf.function."""
+    import tensorflow as tf
+
+    per_view = tf.sort(tf.reshape(tf.cast(values, tf.float64), [NUM_VIEWS, -1]), axis=0)
+    return tf.cast(tf.reduce_mean(per_view, axis=0), tf.float32)
 
 
 def tta_outputs(outputs, images) -> dict:
     """outputs: uint8 [M, 50, 50, 3] -> {name: float [M]} (e.g. ServedModel.outputs); images
     uint8 [N, 50, 50, 3] -> {name: float32 [N]}, each the mean over the 8 views, from one call
     of outputs on the 8N views."""
-    return {name: mean_over_views(value)
+    return {name: mean_over_views(value).numpy()
             for name, value in outputs(dihedral_views(images)).items()}
+
+
+def augmented_signature(signature):
+    """A SavedModel signature (images=uint8 [M, 50, 50, 3] -> {name: float [M]} tensors) ->
+    the same call under D4 test-time augmentation, as tensors, for use inside a tf.function."""
+    def call(images):
+        return {name: mean_over_views(value)
+                for name, value in signature(images=dihedral_views(images)).items()}
+    return call
 
 
 class TestTimeAugmented:

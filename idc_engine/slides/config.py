@@ -10,6 +10,7 @@ import os
 
 from idc_engine import cli, errors
 from idc_engine.data import records
+from idc_engine.inference.tta import TTA_MODES
 from idc_engine.training.run_dir import ExportPaths
 
 
@@ -38,6 +39,9 @@ class SlideConfig:
                                "--num_cpu_devices > 1, else one device), default, mirrored.")
     num_cpu_devices: int = cli.option(1, "Split the CPU into N logical devices "
                                       "(MirroredStrategy without GPUs).")
+    tta: str = cli.option("none", "Test-time augmentation: none, or d4 (each tile's mean P(IDC) "
+                          "over its 8 rotations and mirror images, one model call of 8x the "
+                          "batch; about 8x the model's cost).")
 
     def validate(self) -> None:
         """Raises SlideConfigError naming the first bad flag."""
@@ -53,7 +57,8 @@ class SlideConfig:
             (self.read_threads >= 1, "--read_threads must be >= 1"),
             (self.strategy in ("auto", "default", "mirrored"),
              "--strategy must be auto, default or mirrored"),
-            (self.num_cpu_devices >= 1, "--num_cpu_devices must be >= 1"))
+            (self.num_cpu_devices >= 1, "--num_cpu_devices must be >= 1"),
+            (self.tta in TTA_MODES, f"--tta={self.tta!r}: use one of {', '.join(TTA_MODES)}"))
         for ok, message in checks:
             if not ok:
                 raise SlideConfigError(message)

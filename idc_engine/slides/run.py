@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from idc_engine.inference import tta
 from idc_engine.slides import heatmap, outputs, predict, reader, tiles, tissue
 from idc_engine.slides.config import SlideConfig
 
@@ -86,7 +87,9 @@ def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale
     dataset = tiles.tile_dataset(path, grid, col, row, config.batch_size, config.read_threads,
                                  unreadable)
     inference_start = time.perf_counter()
-    index, probability = predict.predict_batches(dataset, served.signature, strategy,
+    signature = (served.signature if config.tta == "none"
+                 else tta.augmented_signature(served.signature))
+    index, probability = predict.predict_batches(dataset, signature, strategy,
                                                  scale["patch_size"])
     inference_seconds = time.perf_counter() - inference_start
     order = np.argsort(index)
@@ -114,7 +117,7 @@ def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale
                "unreadable_regions": unreadable, "seconds": round(seconds, 3),
                "inference_seconds": round(inference_seconds, 3),
                "tiles_per_second": round(len(probability) / inference_seconds, 1),
-               "devices": devices,
+               "devices": devices, "tta": config.tta,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "output_dir": folder}
     outputs.write_summary(os.path.join(folder, outputs.SUMMARY_JSON), summary)
