@@ -19,8 +19,9 @@ from idc_engine.training import run_dir
 
 
 class ServingModule(tf.Module):
-    def __init__(self, model, image_size: int, mean, std):
+    def __init__(self, model, image_size: int, mean, std, stain: dict | None = None):
         super().__init__()
+        self.stain = stain  # its target's numbers become constants of the traced graph
         self.model = model
         self.image_size = image_size
         self.mean = tf.constant(mean, tf.float32)
@@ -30,17 +31,19 @@ class ServingModule(tf.Module):
                                                 name="images")])
     def serve(self, images):
         """images uint8 [N, 50, 50, 3] -> {"idc_probability": float32 [N]}."""
-        x = model_input(images, self.image_size, self.mean, self.std)
+        x = model_input(images, self.image_size, self.mean, self.std, stain=self.stain)
         return {"idc_probability": self.model(x, training=False)[:, 1]}
 
 
 def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
-                 threshold: dict | None = None) -> dict:
+                 threshold: dict | None = None, stain: dict | None = None) -> dict:
     """Writes the artefacts above (replacing older ones); returns their paths.
 
     rebuild: a function returning a fresh model of the same architecture (built here in float32).
     threshold: the threshold.json record for this model ({"threshold": float, ...}); without
       one, an older threshold.json (chosen for other weights) is removed.
+    stain: the run's stain normalisation ({"method", "target"}; None: none), in the SavedModel's
+      graph and in preprocessing.json (for explain's Keras model).
     """
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("float32")
@@ -52,11 +55,12 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
     os.makedirs(export_dir, exist_ok=True)
     target = run_dir.ExportPaths.of(export_dir)
     portable.save(target.keras)
-    module = ServingModule(portable, image_size, mean, std)
+    module = ServingModule(portable, image_size, mean, std, stain)
     tf.saved_model.save(module, target.saved_model, signatures={"serving_default": module.serve})
     atomic_files.write_json_atomically(target.preprocessing, trailing_newline=False, value={
         "image_size": image_size, "channel_mean": list(mean), "channel_std": list(std),
-        "input": "uint8 RGB patches, 50x50, resized to image_size, then (x - mean) / std"})
+        "input": "uint8 RGB patches, 50x50, resized to image_size, then (x - mean) / std",
+        "stain_normalization": stain or {"method": "none"}})
     paths = {"keras": target.keras, "saved_model": target.saved_model,
              "preprocessing": target.preprocessing}
     if threshold is not None:
