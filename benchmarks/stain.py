@@ -74,8 +74,7 @@ def reference_runs(images, target_image) -> dict:
                                                              else {})) for im in subset])
     try:
         import tensorflow as tf
-        from torchstain.tf.normalizers import (TensorFlowMacenkoNormalizer,
-                                               TensorFlowReinhardNormalizer)
+        from torchstain.tf.normalizers import TensorFlowMacenkoNormalizer, TensorFlowReinhardNormalizer
         tf_normalisers = {"reinhard": TensorFlowReinhardNormalizer(),
                           "macenko": TensorFlowMacenkoNormalizer()}
         chw = lambda im: tf.constant(np.transpose(im, (2, 0, 1)))  # torchstain's TF layout
