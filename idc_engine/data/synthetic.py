@@ -162,7 +162,8 @@ def _stain_style(rng) -> dict:
     }
 
 
-# Another lab's staining, for `restained_patients`: hematoxylin bluer and stronger, eosin more
+# Another lab's staining, for `restained_patients`: hematoxylin browner (absorbing less red,
+# more blue) and stronger, eosin more
 # magenta and paler, a dimmer lamp. Applied on top of the patient's own drawn style (no extra
 # random draw), so the tissue is the same and only its colours move.
 _OTHER_LAB = {"hematoxylin": np.array([-0.25, 0.0, 0.35]), "eosin": np.array([0.20, -0.15, 0.15]),
