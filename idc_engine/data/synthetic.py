@@ -163,8 +163,8 @@ def _stain_style(rng) -> dict:
 
 
 # Another lab's staining, for `restained_patients`: hematoxylin browner (absorbing less red,
-# more blue) and stronger, eosin paler and redder, a dimmer lamp. Applied on top of the patient's own drawn style (no extra
-# random draw), so the tissue is the same and only its colours move.
+# more blue) and stronger, eosin paler and redder, a dimmer lamp. Applied on top of the patient's
+# own drawn style (no extra random draw), so the tissue is the same and only its colours move.
 _OTHER_LAB = {"hematoxylin": np.array([-0.25, 0.0, 0.35]), "eosin": np.array([0.20, -0.15, 0.15]),
               "h_strength": 1.35, "e_strength": 0.6, "light": 0.93}
 
