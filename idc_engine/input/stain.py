@@ -24,6 +24,8 @@ Deliberate differences from the reference (tests/test_stain.py checks the rest):
   only add a bias of half a level.
 """
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
@@ -53,23 +55,35 @@ def _flat(images):
     return tf.reshape(x, [tf.shape(x)[0], -1, 3])
 
 
-def percentile(values, q, valid=None):
+def percentile(values, q: float, valid=None):
     """float32 [B, N] -> [B]: numpy's percentile (linear interpolation) of each row's valid
-    entries (bool [B, N]; all when None). A row with no valid entry gives +inf or NaN.
+    entries (bool [B, N]; all when None). A row with no valid entry gives +-inf or NaN.
 
-    A sort and two gathers, so it compiles under XLA with a per-row count of entries.
+    From the k smallest (q <= 50) or largest entries only, k the most the rank q can need: a
+    top_k is ~80x faster than a full sort on a CPU (TensorFlow's sort of [256, 2500] takes about
+    0.3 s) and compiles under XLA too. N must be static (it is: the patch size).
     """
+    n = values.shape[1]
+    low_side = q <= 50.0
     if valid is None:
-        count = tf.cast(tf.shape(values)[1], tf.float32) * tf.ones([tf.shape(values)[0]])
+        count = tf.fill([tf.shape(values)[0]], float(n))
     else:
-        values = tf.where(valid, values, np.inf)  # invalid entries sort last
+        values = tf.where(valid, values, np.inf if low_side else -np.inf)  # invalid: never picked
         count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1)
-    ordered = tf.sort(values, axis=1)
-    position = tf.maximum(count - 1.0, 0.0) * (q / 100.0)
+    last = tf.maximum(count - 1.0, 0.0)
+    position = last * (q / 100.0)
     low = tf.floor(position)
-    high = tf.minimum(low + 1.0, tf.maximum(count - 1.0, 0.0))
-    pick = lambda i: tf.gather(ordered, tf.cast(i, tf.int32)[:, None], batch_dims=1)[:, 0]
-    below, above = pick(low), pick(high)
+    high = tf.minimum(low + 1.0, last)
+    rank_span = (n - 1) * (q / 100.0 if low_side else 1.0 - q / 100.0)
+    k = min(n, math.floor(rank_span) + 2)
+    if low_side:
+        kept = -tf.math.top_k(-values, k, sorted=True).values    # ascending: rank i at i
+        ranks = (low, high)
+    else:
+        kept = tf.math.top_k(values, k, sorted=True).values      # descending: rank i at last - i
+        ranks = (last - low, last - high)
+    below, above = (tf.gather(kept, tf.cast(tf.minimum(r, k - 1.0), tf.int32)[:, None],
+                              batch_dims=1)[:, 0] for r in ranks)
     return below + (position - low) * (above - below)
 
 
@@ -119,7 +133,8 @@ def concentrations(density, stains):
     det = a * d - b * b
     det = tf.where(tf.abs(det) > 1e-12, det, 1e-12)  # parallel stains: only on glass, replaced
     inverse = tf.stack([tf.stack([d, -b], -1), tf.stack([-b, a], -1)], 1) / det[:, None, None]
-    return tf.einsum("bnk,bkj,bij->bni", density, stains, inverse)
+    solve = tf.einsum("bij,bkj->bik", inverse, stains)               # [B, 2, 3]: the pinv
+    return tf.einsum("bnk,bik->bni", density, solve)
 
 
 def max_concentrations(conc, q=CONCENTRATION_PERCENTILE):
