@@ -50,9 +50,12 @@ _WHITE = (0.95047, 1.0, 1.08883)
 
 
 def _flat(images):
-    """uint8 or float [B, H, W, 3] -> float32 [B, H*W, 3]."""
+    """uint8 or float [B, H, W, 3] -> float32 [B, H*W, 3], H*W static (percentile needs it)."""
     x = tf.cast(images, tf.float32)
-    return tf.reshape(x, [tf.shape(x)[0], -1, 3])
+    _, height, width, _ = x.shape
+    if height is None or width is None:
+        raise ValueError(f"stain normalisation needs a static patch size, got {x.shape}")
+    return tf.reshape(x, [-1, height * width, 3])
 
 
 def percentile(values, q: float, valid=None):
