@@ -24,6 +24,9 @@ class SyntheticConfig:
     max_patches: int = cli.option(300, "Most patches per patient.")
     quirks: bool = cli.option(False, "Add the real download's mess: duplicate tree, undersized and "
                               "truncated PNGs, litter, one mislabelled and one unparseable file.")
+    restained_patients: int = cli.option(0, "Stain the last N patients as another lab would "
+                                         "(same tissue, other colours): put them in the test "
+                                         "split to measure what stain normalisation buys.")
 
 
 def define_flags() -> None:
@@ -40,7 +43,8 @@ def main(argv) -> int:
     summary = synthetic.write_dataset(
         config.output_dir, num_patients=config.num_patients, seed=config.seed,
         patient_ids=FLAGS.patient_ids, min_patches=config.min_patches,
-        max_patches=config.max_patches, quirks=config.quirks)
+        max_patches=config.max_patches, quirks=config.quirks,
+        restained_patients=config.restained_patients)
     seconds = time.perf_counter() - start
     n = summary["num_patches"]
     print(f"wrote {config.output_dir}: {summary['num_patients']} patients, {n} patches, "

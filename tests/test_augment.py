@@ -103,6 +103,7 @@ UINT8_PROPERTIES = {
     "contrast": lambda x, y, spec: _check_contrast(x, y),
     "saturation": lambda x, y, spec: _check_saturation(x, y),
     "hed": _check_pointwise_colour,
+    "stain": _check_pointwise_colour,  # per image, each pixel by its own concentrations
     "pathology": lambda x, y, spec: _check_pathology(x, y),
 }
 # ops that may leave the images unchanged with their default arguments: affine's strengths are

@@ -162,6 +162,23 @@ def _stain_style(rng) -> dict:
     }
 
 
+# Another lab's staining, for `restained_patients`: hematoxylin browner (absorbing less red,
+# more blue) and stronger, eosin paler and redder, a dimmer lamp. Applied on top of the patient's
+# own drawn style (no extra random draw), so the tissue is the same and only its colours move.
+_OTHER_LAB = {"hematoxylin": np.array([-0.25, 0.0, 0.35]), "eosin": np.array([0.20, -0.15, 0.15]),
+              "h_strength": 1.35, "e_strength": 0.6, "light": 0.93}
+
+
+def _restained(style: dict) -> dict:
+    """`style` as the other lab (above) would have stained the same slide."""
+    unit = lambda v: np.clip(v, 0.02, None) / np.linalg.norm(np.clip(v, 0.02, None))
+    return {"hematoxylin": unit(style["hematoxylin"] + _OTHER_LAB["hematoxylin"]),
+            "eosin": unit(style["eosin"] + _OTHER_LAB["eosin"]),
+            "h_strength": style["h_strength"] * _OTHER_LAB["h_strength"],
+            "e_strength": style["e_strength"] * _OTHER_LAB["e_strength"],
+            "light": style["light"] * _OTHER_LAB["light"]}
+
+
 def _stamp_nuclei(hmap, x, y, a, b, theta, darkness, vesicular, rng) -> None:
     """Draws soft elliptic nuclei into the hematoxylin map (padded by _NUCLEUS_RADIUS), all at once."""
     if len(x) == 0:
@@ -277,7 +294,8 @@ def _stains_to_rgb(rng, hema, eosin, style) -> np.ndarray:
 class _Patient:
     """One patient's slide: its cells, labels and rendered canvas."""
 
-    def __init__(self, pid: str, seed: int, index: int, min_patches: int, max_patches: int):
+    def __init__(self, pid: str, seed: int, index: int, min_patches: int, max_patches: int,
+                 restained: bool = False):
         rng = _rng(seed, _PATIENT_STREAM, index)
         self.pid = pid
         n = int(rng.integers(min_patches, max_patches + 1))
@@ -297,7 +315,9 @@ class _Patient:
         labels = (depth > threshold).astype(np.int64)
         flip = rng.random(n) < _LABEL_NOISE
         self.labels = np.where(flip, 1 - labels, labels)
-        self.canvas = _render_slide(rng, self.rows, self.cols, tumour, mimic, _stain_style(rng))
+        style = _stain_style(rng)
+        self.canvas = _render_slide(rng, self.rows, self.cols, tumour, mimic,
+                                    _restained(style) if restained else style)
 
     def patch(self, i: int) -> np.ndarray:
         row, col = self.cells[i]
@@ -426,7 +446,8 @@ def _check_arguments(root, num_patients, patient_ids, min_patches, max_patches):
 
 
 def write_dataset(root: str, num_patients: int = 20, seed: int = 0, patient_ids: list[str] | None = None,
-                  min_patches: int = 60, max_patches: int = 300, quirks: bool = False) -> dict:
+                  min_patches: int = 60, max_patches: int = 300, quirks: bool = False,
+                  restained_patients: int = 0) -> dict:
     """Writes the tree; returns a JSON-serializable summary.
 
     Summary keys: num_patients, num_patches (files named like patches at the top level, i.e. not
@@ -438,18 +459,25 @@ def write_dataset(root: str, num_patients: int = 20, seed: int = 0, patient_ids:
     duplicate_root ("IDC_regular_ps50_idx5", else None), undersized [{path, height, width}],
     truncated, mislabelled, unparseable (top-level relative paths; each also exists with the same
     bytes under duplicate_root) and litter (every litter file written, both copies).
+    restained_patients: the last this many patients are stained as another lab stains
+    (_OTHER_LAB; then listed in summary["restained"]): a split with them as test patients measures
+    what stain normalisation buys. 0 (the default) changes nothing.
     """
     _check_arguments(root, num_patients, patient_ids, min_patches, max_patches)
     if patient_ids is None:
         patient_ids = _draw_patient_ids(_rng(seed, _IDS_STREAM), num_patients)
     patient_ids = [str(p) for p in patient_ids]
     os.makedirs(root, exist_ok=True)
-    patients = [_Patient(pid, seed, i, min_patches, max_patches) for i, pid in enumerate(patient_ids)]
+    first_restained = len(patient_ids) - restained_patients
+    patients = [_Patient(pid, seed, i, min_patches, max_patches, i >= first_restained)
+                for i, pid in enumerate(patient_ids)]
     plan = _QuirkPlan(seed, patients) if quirks else _NoQuirks()
     writer = _TreeWriter(root, DUPLICATE_DIR if quirks else None)
     summary = {"num_patients": len(patients), "num_patches": 0, "num_positive": 0, "patients": {},
                "seed": seed, "quirks": bool(quirks), "duplicate_root": writer.duplicate,
                "undersized": [], "truncated": [], "mislabelled": [], "unparseable": [], "litter": []}
+    if restained_patients:
+        summary["restained"] = patient_ids[first_restained:]
     for p, patient in enumerate(patients):
         _write_patient(writer, p, patient, plan, summary)
     if quirks:
@@ -516,3 +544,10 @@ def _count_png_files(summary, writer) -> int:
     """Files named *.png that are not litter (AppleDouble `._*.png` excluded), both copies."""
     copies = 2 if writer.duplicate else 1
     return (summary["num_patches"] + len(summary["unparseable"])) * copies
+
+
+def render_patches(seed: int, index: int, count: int, restained: bool = False) -> np.ndarray:
+    """uint8 [count, 50, 50, 3]: the patches of one generated patient (index under seed), in
+    memory, for benchmarks and tests that need H&E-like patches without a tree on disk."""
+    patient = _Patient(str(index), seed, index, count, count, restained)
+    return np.stack([patient.patch(i) for i in range(count)])

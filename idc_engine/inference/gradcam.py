@@ -39,6 +39,7 @@ class Explainer:
     mean: list
     std: list
     threshold: run_dir.Threshold
+    stain: dict | None = None     # the run's stain normalisation (preprocessing.json)
 
     @classmethod
     def from_export(cls, model_path: str, threshold: float | None = None) -> "Explainer":
@@ -59,13 +60,14 @@ class Explainer:
         except ValueError as e:
             raise ExplainError(str(e)) from e
         return cls(model, int(pre["image_size"]), list(pre["channel_mean"]),
-                   list(pre["channel_std"]), run_dir.load_threshold(paths, threshold))
+                   list(pre["channel_std"]), run_dir.load_threshold(paths, threshold),
+                   pre.get("stain_normalization"))
 
     def inputs(self, images):
         """uint8 [N, 50, 50, 3] -> what the model eats (idc_engine.models.preprocessing)."""
         from idc_engine.models.preprocessing import model_input
 
-        return model_input(images, self.image_size, self.mean, self.std)
+        return model_input(images, self.image_size, self.mean, self.std, stain=self.stain)
 
     def probabilities(self, images, batch_size: int = 256) -> np.ndarray:
         """uint8 [N, 50, 50, 3] -> P(IDC) float32 [N]."""

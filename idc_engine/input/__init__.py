@@ -11,4 +11,6 @@ sampler and augmentation on the device. Imports idc_engine.data only.
     permutation.py      the stateless per-element random permutation of the resident sampler
     device_resident.py  DeviceResidentSampler: the split in accelerator memory
     augment.py          augmentation ops and specs, run on the device inside the step
+    stain.py            stain normalisation (Reinhard, Macenko) as batched, XLA-compilable ops
+    stain_target.py     the stain target fitted from the train split (<data_dir>/stain_target.json)
 """

@@ -27,6 +27,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from idc_engine.input import stain as stain_ops
+
 PRESETS = {
     "none": "",
     "pathology": "d4|hed(0.05, 0.05)|brightness(0.1)|contrast(0.1)|saturation(0.1)",
@@ -126,6 +128,26 @@ def hed(images, seed, scale=0.05, shift=0.05):
               + _uniform(shift_seed, [batch, 1, 1, 3], -shift, shift))
     density = tf.einsum("bhws,sc->bhwc", stains, _RGB_FROM_HED)
     return tf.clip_by_value((tf.exp(-density) * 256.0 - 1.0) / 255.0, 0.0, 1.0)
+
+
+@register("stain")
+def stain(images, seed, scale=0.2, shift=0.05, vectors=0.05):
+    """Stain jitter on each sample's own Macenko decomposition (input/stain.py; Tellez et al.
+    2018, torchstain's MacenkoAugmentor): per sample and stain, concentrations
+    c -> c * U(1-scale, 1+scale) + U(-shift, shift) and every stain-vector component + U(-vectors,
+    vectors) (then unit length), recomposed. Unlike `hed`, whose stain vectors are fixed, it
+    follows each patch's own stains; a patch that is nearly all glass is left unchanged.
+    """
+    batch = tf.shape(images)[0]
+    scale_seed, shift_seed, vector_seed = _seeds(seed, 3)
+    pixels = images * 255.0
+    stains, conc, _, tissue = stain_ops.macenko_decompose(pixels)
+    conc = (conc * _uniform(scale_seed, [batch, 1, 2], 1.0 - scale, 1.0 + scale)
+            + _uniform(shift_seed, [batch, 1, 2], -shift, shift))
+    stains = tf.maximum(stains + _uniform(vector_seed, [batch, 3, 2], -vectors, vectors), 1e-3)
+    stains /= tf.norm(stains, axis=1, keepdims=True)
+    jittered = tf.reshape(stain_ops.compose(stains, conc), tf.shape(images)) / 255.0
+    return tf.where(tissue[:, None, None, None], tf.clip_by_value(jittered, 0.0, 1.0), images)
 
 
 @register("brightness")

@@ -4,14 +4,19 @@ export and prediction, so that a served model sees exactly what it was trained o
 import tensorflow as tf
 
 from idc_engine.data import records
+from idc_engine.input import stain as stain_lib
 
 
-def model_input(images, image_size: int, mean, std, dtype=tf.float32):
+def model_input(images, image_size: int, mean, std, dtype=tf.float32, stain=None):
     """images uint8 or float [B, 50, 50, 3] on the 0..255 scale -> dtype [B, S, S, 3] normalized.
 
     S = image_size: 50 keeps the patches as they are; 48 reproduces the tutorial's resize.
+    stain: {"method": "reinhard"|"macenko", "target": ...} (input/stain.py, the run's
+    --stain_normalization) applied first, on the patch as scanned; None or method "none": nothing.
     """
     images = tf.cast(images, tf.float32)
+    if stain and stain["method"] != "none":
+        images = stain_lib.normalize(images, stain["method"], stain["target"])
     if image_size != records.PATCH_SIZE:
         images = tf.image.resize(images, [image_size, image_size], method="bilinear")
     return to_float_and_normalize(images, mean, std, dtype)

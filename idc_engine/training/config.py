@@ -17,6 +17,7 @@ INPUT_MODES = ("stream", "cache", "device")
 LOSSES = ("cross_entropy", "focal")
 OPTIMIZERS = ("adagrad", "adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "inverse_time", "cosine", "plateau")
+STAIN_NORMALIZATIONS = ("none", "reinhard", "macenko")  # idc_engine/input/stain.py
 METRICS = ("val_loss", "val_accuracy", "val_auc", "val_idc_f1", "val_balanced_accuracy",
            "val_idc_recall", "val_idc_precision")
 
@@ -46,6 +47,11 @@ class TrainConfig:
         "pathology",
         "Augmentation on the device: a preset (pathology, tutorial, none) or ops such as "
         "'d4|hed(0.05,0.05)|brightness(0.1)'; see idc_engine/input/augment.py.")
+    stain_normalization: str = cli.option(
+        "none",
+        "none | reinhard | macenko: stain normalisation of every patch to the target of "
+        "--data_dir/stain_target.json (python -m idc_engine.stain fit), on the device in the "
+        "step, and in the exported model, so evaluate, predict and explain apply it too.")
     # model
     model: str = cli.option("cancernet", "cancernet | plain_cnn | mobilenet_v2 | resnet50.")
     weights_path: str = cli.option(
@@ -163,7 +169,8 @@ class TrainConfig:
         for name, allowed in (("strategy", STRATEGIES), ("xla", XLA_MODES),
                               ("precision", PRECISIONS), ("input_mode", INPUT_MODES),
                               ("loss", LOSSES), ("optimizer", OPTIMIZERS),
-                              ("lr_schedule", LR_SCHEDULES), ("best_metric", METRICS)):
+                              ("lr_schedule", LR_SCHEDULES), ("best_metric", METRICS),
+                              ("stain_normalization", STAIN_NORMALIZATIONS)):
             value = getattr(self, name)
             need(value in allowed, f"--{name}={value!r} is not one of {', '.join(allowed)}")
         need(self.data_dir, "--data_dir is required: a directory written by idc_engine.convert")

@@ -22,8 +22,9 @@ class ServingModule(tf.Module):
     """The SavedModel's serving function, with the calibration (scoring/calibration.py:
     sigmoid((log-odds - prior_shift) / temperature)) as two variables, identity until set."""
 
-    def __init__(self, model, image_size: int, mean, std):
+    def __init__(self, model, image_size: int, mean, std, stain: dict | None = None):
         super().__init__()
+        self.stain = stain  # its target's numbers become constants of the traced graph
         self.model = model
         self.image_size = image_size
         self.mean = tf.constant(mean, tf.float32)
@@ -36,7 +37,7 @@ class ServingModule(tf.Module):
     def serve(self, images):
         """images uint8 [N, 50, 50, 3] -> {"idc_probability": float32 [N] (calibrated),
         "idc_probability_uncalibrated": float32 [N] (the network's softmax P(IDC))}."""
-        x = model_input(images, self.image_size, self.mean, self.std)
+        x = model_input(images, self.image_size, self.mean, self.std, stain=self.stain)
         p = self.model(x, training=False)[:, 1]
         # a function of p alone, in float64: strictly increasing, so patches keep their ranking
         # (log of 0 or 1 gives -inf / +inf, whose sigmoid is exactly 0 / 1)
@@ -49,7 +50,7 @@ class ServingModule(tf.Module):
 
 def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
                  threshold: dict | None = None, calibrate_on: str | None = None,
-                 class_weights=(1.0, 1.0)) -> dict:
+                 class_weights=(1.0, 1.0), stain: dict | None = None) -> dict:
     """Writes the artefacts above (replacing older ones); returns their paths.
 
     rebuild: a function returning a fresh model of the same architecture (built here in float32).
@@ -58,6 +59,8 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
       weights) is removed.
     calibrate_on: a converted data directory whose val split the calibration is fitted on
       (training/calibration_fit.py; class_weights [w_non_idc, w_idc] are the run's); None: none.
+    stain: the run's stain normalisation ({"method", "target"}; None: none), in the SavedModel's
+      graph and in preprocessing.json (for explain's Keras model).
     """
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("float32")
@@ -69,12 +72,13 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
     os.makedirs(export_dir, exist_ok=True)
     target = run_dir.ExportPaths.of(export_dir)
     portable.save(target.keras)
-    module = ServingModule(portable, image_size, mean, std)
+    module = ServingModule(portable, image_size, mean, std, stain)
     fitted = _calibrate(module, calibrate_on, class_weights, target.calibration)
     tf.saved_model.save(module, target.saved_model, signatures={"serving_default": module.serve})
     atomic_files.write_json_atomically(target.preprocessing, trailing_newline=False, value={
         "image_size": image_size, "channel_mean": list(mean), "channel_std": list(std),
         "input": "uint8 RGB patches, 50x50, resized to image_size, then (x - mean) / std",
+        "stain_normalization": stain or {"method": "none"},
         # the scale the model was trained at, which whole-slide inference tiles slides to
         "patch_size": records.PATCH_SIZE, "patch_um_per_pixel": records.PATCH_UM_PER_PIXEL})
     paths = {"keras": target.keras, "saved_model": target.saved_model,

@@ -66,7 +66,7 @@ def _train(config: TrainConfig) -> dict:
         best = checkpoints.restore_best()
         summary["export"] = export.export_model(
             state.model, lambda: setup.build_model(config), run.export.export_dir,
-            config.image_size, plan.mean, plan.std,
+            config.image_size, plan.mean, plan.std, stain=plan.stain,
             threshold=export.best_threshold_record(run, best, config.data_dir),
             calibrate_on=config.data_dir, class_weights=plan.class_weights)
     return summary
@@ -76,7 +76,7 @@ def _make_actions(config: TrainConfig, run: RunDir, devices: setup.RunDevices,
                   plan: setup.RunPlan, state: setup.ModelState, checkpoints: RunCheckpoints,
                   writers: summaries.Writers) -> controller.Actions:
     validator = Validator(config, devices.strategy, state.model, plan.mean, plan.std,
-                          devices.compute_dtype)
+                          devices.compute_dtype, stain=plan.stain)
     return controller.Actions(
         progress=actions.ProgressReport(writers, state.schedule, state.optimizer,
                                         plan.total_steps, plan.steps_per_epoch),

@@ -13,7 +13,7 @@ from absl import logging
 
 from idc_engine import atomic_files, models
 from idc_engine.data import manifest as manifest_lib
-from idc_engine.input import pipeline
+from idc_engine.input import pipeline, stain_target
 from idc_engine.input.augment import augment_on_device, parse_spec, write_augmentation_summary
 from idc_engine.training import devices, objectives, summaries
 from idc_engine.training.checkpoints import Counters, make_counters
@@ -70,6 +70,7 @@ class RunPlan:
     std: list[float]
     class_weights: list[float]      # [w_non_idc, w_idc]
     augment_steps: list             # input.augment.parse_spec of --augment
+    stain: dict | None = None       # {"method", "target"} of --stain_normalization, or None
 
 
 def plan_run(config: TrainConfig) -> RunPlan:
@@ -97,7 +98,15 @@ def plan_run(config: TrainConfig) -> RunPlan:
         log_every=config.log_every_steps or min(config.steps_per_loop, validation_every),
         freeze_until=config.freeze_backbone_epochs * steps_per_epoch,
         has_val="val" in manifest["splits"], mean=mean, std=std, class_weights=class_weights,
-        augment_steps=augment_steps)
+        augment_steps=augment_steps, stain=_stain_normalization(config))
+
+
+def _stain_normalization(config: TrainConfig) -> dict | None:
+    """--stain_normalization with its target from --data_dir (StainTargetError if unfitted)."""
+    if config.stain_normalization == "none":
+        return None
+    return {"method": config.stain_normalization,
+            "target": stain_target.load_target(config.data_dir, config.stain_normalization)}
 
 
 @dataclasses.dataclass(frozen=True)

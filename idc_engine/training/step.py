@@ -33,6 +33,7 @@ class Trainer:
         self._compute_dtype = devices.compute_dtype
         self._mean, self._std = plan.mean, plan.std
         self._augment_steps = plan.augment_steps
+        self._stain = plan.stain
         self._class_weights = tf.constant(plan.class_weights, tf.float32)
         model = state.model
         self._model, self._optimizer, self._step_var = model, state.optimizer, state.counters.step
@@ -87,7 +88,8 @@ class Trainer:
         if self._augment_steps:
             x = augment_on_device(x, config.seed, step, self._augment_steps,
                                   value_range=(0.0, 255.0))
-        x = model_input(x, config.image_size, self._mean, self._std, self._compute_dtype)
+        x = model_input(x, config.image_size, self._mean, self._std, self._compute_dtype,
+                        stain=self._stain)
         with tf.GradientTape() as tape:
             probabilities = tf.cast(model(x, training=True), tf.float32)
             per_example = objectives.per_example_loss(config.loss, labels, probabilities,
@@ -153,7 +155,7 @@ class Trainer:
         def run_replicas(replica_fn, k, iterator):
             def on_batch(images, labels, step):
                 return replica_fn(model_input(images, config.image_size, self._mean, self._std,
-                                              self._compute_dtype))
+                                              self._compute_dtype, stain=self._stain))
             return self._run_on_next_batch(
                 on_batch, self._step_var.read_value() + tf.cast(k, tf.int64), iterator)
         num_batches = math.ceil(config.bn_statistics_examples / config.global_batch_size)

@@ -15,11 +15,13 @@ from idc_engine.training.config import TrainConfig
 class Validator:
     """`validator()` -> {"val_<name>": value} of validation_metrics on the val split."""
 
-    def __init__(self, config: TrainConfig, strategy, model, mean, std, compute_dtype: str):
+    def __init__(self, config: TrainConfig, strategy, model, mean, std, compute_dtype: str,
+                 stain: dict | None = None):
         self._config = config
         self._strategy = strategy
         self._model = model
         self._mean, self._std, self._compute_dtype = mean, std, compute_dtype
+        self._stain = stain
         self._step = tf.function(self._validation_step)
 
     def __call__(self) -> dict:
@@ -41,7 +43,7 @@ class Validator:
         def replica_fn(images, labels):
             def predict():
                 x = model_input(images, self._config.image_size, self._mean, self._std,
-                                self._compute_dtype)
+                                self._compute_dtype, stain=self._stain)
                 return tf.cast(self._model(x, training=False), tf.float32)[:, 1]
             # A replica whose shards ran out gets empty batches while others finish; the CPU
             # depthwise kernels mis-shape an empty batch, so the model never sees one.
