@@ -41,8 +41,9 @@ def _explain_batch(explainer, chunk: list, figures: list, output_dir: str, layer
     item). Returns the heatmaps float32 [len(chunk), 50, 50] and the layer used."""
     inputs = explainer.inputs(np.stack([item.image for item in chunk]))
     cam = gradcam.grad_cam(explainer.model, inputs, layer, target_class)
-    # the title always gives P(IDC), whatever class is explained
-    p_idc = cam.probabilities if target_class == 1 else 1.0 - cam.probabilities
+    # the title always gives P(IDC) as the SavedModel serves it, whatever class is explained
+    network_p_idc = cam.probabilities if target_class == 1 else 1.0 - cam.probabilities
+    p_idc = explainer.served_probability(network_p_idc)
     maps = gradcam.feature_maps(explainer.model, inputs, blocks.values())
     evidence = "IDC" if target_class == 1 else "non-IDC"
     for j, (item, made) in enumerate(zip(chunk, figures)):

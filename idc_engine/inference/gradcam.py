@@ -13,6 +13,7 @@ between patches.
 """
 
 import dataclasses
+import json
 import os
 import re
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from idc_engine import errors
 from idc_engine.data import records
+from idc_engine.scoring import calibration
 from idc_engine.training import run_dir
 
 CANCERNET_GRADCAM_LAYER = "block3_bn3"
@@ -40,6 +42,7 @@ class Explainer:
     std: list
     threshold: run_dir.Threshold
     stain: dict | None = None     # the run's stain normalisation (preprocessing.json)
+    calibration: dict | None = None  # export/calibration.json: what the SavedModel applies
 
     @classmethod
     def from_export(cls, model_path: str, threshold: float | None = None) -> "Explainer":
@@ -61,7 +64,7 @@ class Explainer:
             raise ExplainError(str(e)) from e
         return cls(model, int(pre["image_size"]), list(pre["channel_mean"]),
                    list(pre["channel_std"]), run_dir.load_threshold(paths, threshold),
-                   pre.get("stain_normalization"))
+                   pre.get("stain_normalization"), _calibration(paths))
 
     def inputs(self, images):
         """uint8 [N, 50, 50, 3] -> what the model eats (idc_engine.models.preprocessing)."""
@@ -70,10 +73,29 @@ class Explainer:
         return model_input(images, self.image_size, self.mean, self.std, stain=self.stain)
 
     def probabilities(self, images, batch_size: int = 256) -> np.ndarray:
-        """uint8 [N, 50, 50, 3] -> P(IDC) float32 [N]."""
+        """uint8 [N, 50, 50, 3] -> P(IDC) float32 [N], as the SavedModel serves it."""
         out = [self.model(self.inputs(images[i:i + batch_size]), training=False).numpy()[:, 1]
                for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.empty(0, np.float32)
+        return self.served_probability(np.concatenate(out) if out else np.empty(0, np.float32))
+
+    def served_probability(self, p_idc) -> np.ndarray:
+        """The network's P(IDC) float [N] -> float32 [N] on the scale the SavedModel serves and
+        threshold.json is chosen on: calibrated when the export is."""
+        if not self.calibration:
+            return np.asarray(p_idc, np.float32)
+        return calibration.calibrate(p_idc, self.calibration["temperature"],
+                                     self.calibration["prior_shift"]).astype(np.float32)
+
+
+def _calibration(paths: run_dir.ExportPaths) -> dict | None:
+    """export/calibration.json, or None for an export without calibration."""
+    if not os.path.isfile(paths.calibration):
+        return None
+    try:
+        with open(paths.calibration) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ExplainError(f"{paths.calibration!r} cannot be read: {e}") from e
 
 
 # --- which layers ------------------------------------------------------------------------------

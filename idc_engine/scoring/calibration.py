@@ -20,7 +20,7 @@ PR-AUC, does not change; only the probabilities' scale (Brier, ECE) and threshol
 import math
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, special
 
 # log-odds are computed from probabilities clipped to [EPS, 1 - EPS] (float32 softmax output
 # saturates at exactly 0 or 1)
@@ -44,8 +44,13 @@ def log_odds(idc_probability) -> np.ndarray:
 
 
 def calibrate(idc_probability, temperature: float, shift: float) -> np.ndarray:
-    """float [N] -> float64 [N]: sigmoid((log-odds - shift) / temperature)."""
-    return 1.0 / (1.0 + np.exp(-(log_odds(idc_probability) - shift) / temperature))
+    """float [N] -> float64 [N]: sigmoid((log-odds - shift) / temperature), exactly as the
+    SavedModel computes it (training/export.py): unclipped float64 log-odds, so a saturated
+    p of 0 or 1 stays 0 or 1 and a tiny p keeps its order of magnitude."""
+    p = np.asarray(idc_probability, np.float64)
+    with np.errstate(divide="ignore"):
+        z = np.log(p) - np.log1p(-p)
+    return special.expit((z - shift) / temperature)
 
 
 def negative_log_likelihood(labels, idc_probability) -> float:
