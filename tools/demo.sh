@@ -19,28 +19,28 @@ TREE="$RUN_DIR/idc_synthetic"
 DATA="$RUN_DIR/tfrecords"
 MODEL="$RUN_DIR/cancernet"
 
-echo "== 1/5 generate the embedded dataset into $TREE"
+echo "== 1/6 generate the embedded dataset into $TREE"
 rm -rf "$TREE"
 python -m idc_engine.synthetic --output_dir="$TREE" --num_patients=40 --seed=0 --quirks
 
-echo "== 2/5 convert to TFRecords in $DATA"
+echo "== 2/6 convert to TFRecords in $DATA"
 python -m idc_engine.convert --input_dir="$TREE" --output_dir="$DATA" --overwrite
 
-echo "== 3/5 verify every shard against $DATA/manifest.json"
+echo "== 3/6 verify every shard against $DATA/manifest.json"
 python -m idc_engine.convert --verify --output_dir="$DATA" 2>&1 | quiet
 
-echo "== 4/5 train CancerNet (flags/cpu_quick.flags) into $MODEL"
+echo "== 4/6 train CancerNet (flags/cpu_quick.flags) into $MODEL"
 rm -rf "$MODEL"
 # the progress lines as they are logged (absl, on stderr); then the run's summary, without the
 # JSON copy of it printed last for programs (sed -u: unbuffered too, for `make demo | tee log`)
 python -m idc_engine.train --flagfile=flags/cpu_quick.flags --data_dir="$DATA" \
   --model_dir="$MODEL" --logtostderr 2>&1 | quiet | sed -u '/^{/,$d'
 
-echo "== 5/5 evaluate on the test split"
+echo "== 5/6 evaluate on the test split"
 python -m idc_engine.evaluate --model_dir="$MODEL" --data_dir="$DATA" 2>&1 | quiet
 
 SLIDES="$RUN_DIR/slides"
-echo "== whole-slide inference: a pyramidal TIFF of the test patches at their (x, y), then idc-slide"
+echo "== 6/6 whole-slide inference: a pyramidal TIFF of the test patches at their (x, y), then idc-slide"
 mkdir -p "$SLIDES"
 python tools/make_slide.py --data_dir="$DATA" --split=test --output="$SLIDES/test_split.tiff" 2>&1 | quiet
 python -m idc_engine.slide --model_dir="$MODEL" --output_dir="$SLIDES" "$SLIDES/test_split.tiff" 2>&1 | quiet | sed -u '/^{/,$d'
