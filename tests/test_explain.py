@@ -43,7 +43,8 @@ def test_grad_cam_heatmaps_are_patch_sized_in_range_and_not_constant(explainer, 
     assert np.allclose(peaks[peaks > 0], 1.0) and (peaks > 0).sum() >= 6
     spread = cam.heatmaps.reshape(8, -1).std(axis=1)
     assert (spread[peaks > 0] > 0.02).all()  # a map, not a constant
-    np.testing.assert_allclose(explainer.served_probability(cam.probabilities), probabilities[chosen], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(explainer.served_probability(cam.probabilities),
+                               probabilities[chosen], rtol=1e-5, atol=1e-6)
     assert labels[chosen].mean() > 0.5  # the model learnt something: mostly true IDC
 
     # non-IDC evidence is another map
