@@ -1,6 +1,7 @@
 """idc_engine: a high-throughput TensorFlow engine for the IDC breast-histopathology patches.
 
-Command-line entry points: python -m idc_engine.{synthetic,convert,train,evaluate,predict}.
+Command lines (flags and main only; the work is in the stage folders, see README's Layout):
+python -m idc_engine.{synthetic,convert,stain,train,crossval,evaluate,predict,explain,slide}.
 """
 
 __version__ = "0.1.0"
