@@ -20,11 +20,16 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def temporary_path(path: str) -> str:
+    """Where replace_atomically writes `path`'s new contents before the rename."""
+    return path + ".tmp"
+
+
 @contextlib.contextmanager
 def replace_atomically(path: str, mode: str = "w", **open_args):
     """`with replace_atomically(p) as f: f.write(...)`: p is replaced only if the block ends
     without an exception; otherwise p is untouched and the temporary file removed."""
-    tmp = path + ".tmp"
+    tmp = temporary_path(path)
     try:
         with open(tmp, mode, **open_args) as f:
             yield f

@@ -38,7 +38,7 @@ from idc_engine import atomic_files, errors
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-MANIFEST_TEMPORARY_NAME = MANIFEST_NAME + ".tmp"  # write_manifest's, renamed to MANIFEST_NAME
+MANIFEST_TEMPORARY_NAME = atomic_files.temporary_path(MANIFEST_NAME)  # renamed to MANIFEST_NAME
 SPLITS = ("train", "val", "test")
 FOLD_PREFIX = "fold"  # --split=kfold's splits: fold0 ... fold<K-1>, and test when held out
 
