@@ -6,14 +6,18 @@ On the same 50x50 patches (synthetic, idc_engine.data.synthetic; or --data_dir's
 Reinhard and Macenko, images/s of
     engine_<m>_graph      input/stain.normalize on batches of --batch_size, a tf.function on the
                           host CPU (no XLA)
-    engine_<m>_xla        the same, jit-compiled (as inside an XLA-compiled step)
+    engine_<m>_xla        the same, jit-compiled (as inside an XLA-compiled step); XLA runs
+                          these elementwise loops on one core
+    engine_<m>_xla_2_streams  each batch split in two halves run side by side, one per core
     torchstain_numpy_<m>  torchstain's numpy normaliser, one image at a time (as its users run it)
     torchstain_tf_<m>     torchstain's TensorFlow normaliser, one image at a time (skipped, with
                           the reason in the JSON, when it does not run on this TensorFlow/Keras)
-and the ratios engine_<m>_vs_fastest_reference (the engine's faster path / the fastest
-torchstain path). Then the training step: CancerNet, batch --batch_size, forward, backward and
-Adam update in one tf.function, with model_input as training runs it, without and with each
-method, timed in alternation; step_<m>_vs_none is the ratio of their images/s.
+and the ratios engine_<m>_vs_fastest_reference (the engine's faster one-stream path / the fastest
+torchstain path, both on one core) and engine_<m>_2_streams_vs_fastest_reference (the whole
+machine against torchstain as its users run it, one image at a time).
+Then the training step: CancerNet, batch --batch_size, forward, backward and Adam update in one
+tf.function, with model_input as training runs it, without and with each method, timed in
+alternation; step_<m>_vs_none is the ratio of their images/s.
 Medians of --repeats timed runs after a warm-up.
 """
 
@@ -104,6 +108,12 @@ def engine_runs(images, target: dict) -> dict:
         for kind, jit in (("graph", False), ("xla", True)):
             fn = tf.function(lambda x, m=method: stain.normalize(x, m, target[m]), jit_compile=jit)
             runs[f"engine_{method}_{kind}"] = lambda fn=fn: [fn(b).numpy() for b in batches]
+
+        @tf.function
+        def two_streams(x, xla=fn):  # the two calls are independent: TensorFlow runs both at once
+            return tf.concat([xla(half) for half in tf.split(x, 2)], axis=0)
+        runs[f"engine_{method}_xla_2_streams"] = (
+            lambda fn=two_streams: [fn(b).numpy() for b in batches])
     return runs
 
 
@@ -178,6 +188,8 @@ def main(argv) -> None:
         fastest = max(v[0] for k, v in measured.items()
                       if k.startswith("torchstain") and k.endswith(method))
         report.add(f"engine_{method}_vs_fastest_reference", engine / fastest)
+        report.add(f"engine_{method}_2_streams_vs_fastest_reference",
+                   measured[f"engine_{method}_xla_2_streams"][0] / fastest)
         report.add(f"step_{method}_vs_none", statistics.median(
             a / b for a, b in zip(measured[f"step_{method}"][1], measured["step_none"][1])))
     report.write()

@@ -196,3 +196,33 @@ def test_the_export_carries_the_normalisation(trained_model_dir, fitted_data, pa
     explainer = gradcam.Explainer.from_export(export_dir)
     assert explainer.stain == stain_cfg
     np.testing.assert_allclose(explainer.probabilities(patches), served, atol=1e-5)
+
+
+def _max_concentrations_of_training_input(fitted_data, patches, augment_spec):
+    """Each patch's Macenko 99th-percentile concentrations [B, 2] in what the Trainer feeds
+    the model (standardisation undone), at four steps."""
+    from idc_engine.training.step import Trainer
+    config = config_lib.TrainConfig(data_dir=fitted_data, model_dir="unused", model="plain_cnn",
+                                    stain_normalization="macenko", augment=augment_spec,
+                                    precision="float32", xla="off")
+    devices, plan = setup.set_up_devices(config), setup.plan_run(config)
+    trainer = Trainer(config, devices, plan, setup.build_model_state(config, devices, plan),
+                      None, None, frozen=False)
+    found = []
+    for step in range(4):
+        x = trainer.training_input(tf.constant(patches[:32]), tf.constant(step, tf.int64))
+        scanned = x * np.array(plan.std, np.float32) + np.array(plan.mean, np.float32)
+        found.append(stain.macenko_decompose(scanned)[2].numpy())
+    return np.stack(found), np.array(plan.stain["target"]["max_concentration"])
+
+
+def test_training_augments_the_normalised_colours(fitted_data, patches):
+    """Normalisation first, then augmentation: the stain strengths the augmentation draws reach
+    the model (normalising after it would reset every patch to the target's)."""
+    plain, target = _max_concentrations_of_training_input(fitted_data, patches, "none")
+    jittered, _ = _max_concentrations_of_training_input(fitted_data, patches,
+                                                        "stain(0.2, 0.0, 0.0)")
+    # normalising a normalised patch moves its estimate by ~2%; x U(0.8, 1.2) by ~7% (median)
+    assert np.median(np.abs(plain / target - 1.0)) < 0.03
+    assert np.median(np.abs(jittered / target - 1.0)) > 0.045
+    assert np.std(jittered[:, :, 0], axis=0).mean() > 0.05    # a new draw every step

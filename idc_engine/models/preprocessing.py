@@ -14,12 +14,22 @@ def model_input(images, image_size: int, mean, std, dtype=tf.float32, stain=None
     stain: {"method": "reinhard"|"macenko", "target": ...} (input/stain.py, the run's
     --stain_normalization) applied first, on the patch as scanned; None or method "none": nothing.
     """
-    images = tf.cast(images, tf.float32)
-    if stain and stain["method"] != "none":
-        images = stain_lib.normalize(images, stain["method"], stain["target"])
+    images = stain_normalized(images, stain)
     if image_size != records.PATCH_SIZE:
         images = tf.image.resize(images, [image_size, image_size], method="bilinear")
     return to_float_and_normalize(images, mean, std, dtype)
+
+
+def stain_normalized(images, stain=None):
+    """uint8 or float [B, H, W, 3] (0..255) -> float32 [B, H, W, 3] (0..255): the patches with
+    the run's stain normalisation ({"method", "target"}, or None: unchanged, as float32).
+
+    Training applies it before colour augmentation, so that the augmentation varies the
+    normalised colours instead of being normalised away; model_input applies it elsewhere."""
+    images = tf.cast(images, tf.float32)
+    if stain and stain["method"] != "none":
+        images = stain_lib.normalize(images, stain["method"], stain["target"])
+    return images
 
 
 def to_float_and_normalize(images, mean, std, dtype=tf.float32):

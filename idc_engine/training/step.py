@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from idc_engine import models
 from idc_engine.input.augment import augment_on_device
-from idc_engine.models.preprocessing import model_input
+from idc_engine.models.preprocessing import model_input, stain_normalized
 from idc_engine.training import batchnorm, objectives
 from idc_engine.training.config import TrainConfig
 from idc_engine.training.setup import ModelState, RunDevices, RunPlan
@@ -75,6 +75,17 @@ class Trainer:
         self._train_loop = self._make_train_loop()
         self._recompute_batchnorm = self._make_batchnorm_recomputer()
 
+    def training_input(self, images, step):
+        """uint8 [b, 50, 50, 3], step int64 -> what the model trains on: [b, S, S, 3] in the
+        compute dtype. Stain normalisation comes first, as in the served model, and colour
+        augmentation after it: the other way round, normalisation would undo the augmentation."""
+        x = stain_normalized(images, self._stain)
+        if self._augment_steps:
+            x = augment_on_device(x, self._config.seed, step, self._augment_steps,
+                                  value_range=(0.0, 255.0))
+        return model_input(x, self._config.image_size, self._mean, self._std,
+                           self._compute_dtype)
+
     def _replica_gradients(self, images, labels, step):
         """The compute of one replica's step (jit-compiled with --xla, see the module docstring).
 
@@ -84,12 +95,7 @@ class Trainer:
         nested compiled function.
         """
         config, model = self._config, self._model
-        x = tf.cast(images, tf.float32)
-        if self._augment_steps:
-            x = augment_on_device(x, config.seed, step, self._augment_steps,
-                                  value_range=(0.0, 255.0))
-        x = model_input(x, config.image_size, self._mean, self._std, self._compute_dtype,
-                        stain=self._stain)
+        x = self.training_input(images, step)
         with tf.GradientTape() as tape:
             probabilities = tf.cast(model(x, training=True), tf.float32)
             per_example = objectives.per_example_loss(config.loss, labels, probabilities,
