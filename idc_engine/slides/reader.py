@@ -136,6 +136,8 @@ class RegionReader:
         except openslide.OpenSlideError as e:
             self._local.slide = None  # the C handle is dead after an error
             raise UnreadableRegion(str(e)) from e
+        if region.getchannel("A").getextrema()[0] == 255:  # all scanned: drop alpha in C
+            return np.asarray(region.convert("RGB"))
         return to_rgb(np.asarray(region))
 
     def close(self) -> None:

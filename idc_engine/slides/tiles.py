@@ -137,4 +137,8 @@ def tile_dataset(path: str, grid: TileGrid, col, row, batch_size: int, threads: 
     options = tf.data.Options()
     # one generator in one process: nothing to shard between workers
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    # Nothing here to tune (the buffer sizes are fixed), and with autotuning on, the end of the
+    # iteration can wait for the tuning thread's next wake-up, whose period doubles as it runs:
+    # seconds after the last tile on a slide of a minute.
+    options.autotune.enabled = False
     return dataset.unbatch().batch(batch_size).prefetch(2).with_options(options)
