@@ -16,15 +16,17 @@ alternate within each repetition so that they see the same machine load; warm-up
     read_alone          (a) the same tiles read by the engine's reader (blocks, threads), no model
     model_alone         (b) the SavedModel on the same tiles, already in memory at 50x50
     plain_loop          (c) read_region one tile at a time, PIL resize, the SavedModel on each
-                        batch of --batch_size (once: it is the slow one)
+                        batch of --batch_size (timed once, after the others)
 
 Targets (issue 16): engine_end_to_end >= 0.8 x min(read_alone, model_alone) and >= 3 x
-plain_loop. Where reading and the model share the same cores (a CPU-only machine), neither
-can be beaten: end to end needs the CPU time of both, so it is at most
-    shared_cores_ceiling = 1 / (1 / read_alone + 1 / model_alone)
-(0.8 x the slower only if reading is >= 4x faster than the model), and it can never be faster
-than model_alone (model_alone / plain_loop caps the second ratio). Both caps are reported, and
-end_to_end_vs_shared_cores_ceiling says how much of the reachable speed the engine gets. Peak memory: peak RSS of python -m idc_engine.slide in fresh processes on this
+plain_loop. Two caps hold for any pipeline and are reported beside them:
+    shared_cores_ceiling = 1 / (1 / read_alone + 1 / model_alone): where reading and the model
+        share the same cores (a CPU-only machine) the end to end needs the CPU time of both
+        (0.8 x the slower only if reading is >= 4x faster than the model);
+    model_alone_vs_plain_loop: the end to end is never faster than the model alone.
+end_to_end_vs_shared_cores_ceiling says how much of the reachable speed the engine gets.
+--model_threads=1 --read_threads=1 gives the model and the reader a core each, as a GPU and its
+host would. Peak memory: peak RSS of python -m idc_engine.slide in fresh processes on this
 slide and on one of a quarter of its tiles (flat in the slide's size: streaming).
 """
 
