@@ -1,9 +1,10 @@
 """Writing a file so that at every instant it is the old complete one or the new complete one.
 
 Every output a later step reads (manifest.json, threshold.json, evaluation JSON, prediction CSVs,
-the converter's shard folder) goes through here: the new contents are written to a temporary
-name beside the target, flushed to the disk, renamed over the target in one step, and the
-rename itself is flushed (the directory's entry), so a crash or a full disk leaves the old file.
+the converter's shard folder, a run's export directory) goes through here: the new contents are
+written to a temporary name beside the target, flushed to the disk, renamed over the target in
+one step, and the rename itself is flushed (the directory's entry), so a crash or a full disk
+leaves the old file.
 """
 
 import contextlib
@@ -50,3 +51,48 @@ def write_json_atomically(path: str, value, sort_keys: bool = False,
         json.dump(value, f, indent=1, sort_keys=sort_keys)
         if trailing_newline:
             f.write("\n")
+
+
+def _fsync_tree(root: str) -> None:
+    """Flushes every file and directory under root (files first, then their directories)."""
+    for folder, _, names in os.walk(root, topdown=False):
+        for name in names:
+            fsync_path(os.path.join(folder, name))
+        fsync_path(folder)
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Swaps two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the
+    system or the filesystem cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second),
+                     rename_exchange) == 0
+
+
+def replace_directory(staging: str, path: str) -> None:
+    """Moves the complete directory `staging` to `path`, replacing what was there, durably.
+
+    Where the system can swap two directories in one step (Linux), `path` is at every instant
+    the old complete directory or the new one. Elsewhere the old one is renamed aside first, so
+    for an instant `path` is absent, never mixed."""
+    import shutil
+
+    _fsync_tree(staging)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(path):
+        os.rename(staging, path)
+    elif _exchange(staging, path):
+        shutil.rmtree(staging)            # now the old directory
+    else:
+        aside = path + ".old"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(path, aside)
+        os.rename(staging, path)
+        shutil.rmtree(aside)
+    fsync_path(parent)

@@ -326,6 +326,45 @@ def test_saved_model_agrees_with_the_in_memory_keras_model(tmp_path, image_size)
     np.testing.assert_allclose(one_by_one, served[:3], rtol=1e-5, atol=1e-6)
 
 
+def _tree_digest(root: str) -> dict:
+    """{relative path: bytes} of every file under root."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                found[os.path.relpath(os.path.join(folder, name), root)] = f.read()
+    return found
+
+
+def test_an_export_replaces_the_older_one_whole_or_not_at_all(tmp_path):
+    """Re-exporting leaves no file of the older export; an export that fails midway (here: its
+    calibration data cannot be read, after model.keras was written) leaves the older one as it
+    was, byte for byte, and nothing half-written beside it."""
+    import keras
+
+    from idc_engine import models
+    from idc_engine.training import export
+
+    keras.utils.set_random_seed(2)
+    build = lambda: models.build_model("plain_cnn", (50, 50, 3))  # noqa: E731
+    mean, std = [190.0] * 3, [45.0] * 3
+    export_dir = str(tmp_path / "export")
+    export.export_model(build(), build, export_dir, 50, mean, std, threshold={"threshold": 0.3})
+    first = _tree_digest(export_dir)
+    assert "threshold.json" in first
+    second_model = build()
+    export.export_model(second_model, build, export_dir, 50, mean, std)
+    second = _tree_digest(export_dir)
+    assert "threshold.json" not in second          # chosen for the first model's weights
+    assert second["model.keras"] != first["model.keras"]
+    from idc_engine.data.manifest import ManifestError
+    with pytest.raises(ManifestError):
+        export.export_model(build(), build, export_dir, 50, mean, std,
+                            calibrate_on=str(tmp_path / "no_such_data"))
+    assert _tree_digest(export_dir) == second
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+
+
 def test_trained_export_agrees_with_its_keras_model_on_real_patches(converted, trained_model_dir,
                                                                     predictor):
     import keras

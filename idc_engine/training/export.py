@@ -7,6 +7,7 @@ under mixed precision anyway), so it serves on any device.
 
 import json
 import os
+import shutil
 
 import keras
 import tensorflow as tf
@@ -51,12 +52,14 @@ class ServingModule(tf.Module):
 def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
                  threshold: dict | None = None, calibrate_on: str | None = None,
                  class_weights=(1.0, 1.0), stain: dict | None = None) -> dict:
-    """Writes the artefacts above (replacing older ones); returns their paths.
+    """Writes the artefacts above, replacing the older export as a whole; returns their paths.
 
+    They are written to export_dir + ".tmp" and moved into place complete
+    (atomic_files.replace_directory): a crash or an error leaves the older export whole.
     rebuild: a function returning a fresh model of the same architecture (built here in float32).
     threshold: the threshold.json record for this model ({"threshold": float, ...}, on
-      uncalibrated probabilities); without one, an older threshold.json (chosen for other
-      weights) is removed.
+      uncalibrated probabilities); without one the export has none (an older one was chosen for
+      other weights).
     calibrate_on: a converted data directory whose val split the calibration is fitted on
       (training/calibration_fit.py; class_weights [w_non_idc, w_idc] are the run's); None: none.
     stain: the run's stain normalisation ({"method", "target"}; None: none), in the SavedModel's
@@ -69,8 +72,25 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
     finally:
         keras.mixed_precision.set_global_policy(policy)
     portable.set_weights(model.get_weights())
-    os.makedirs(export_dir, exist_ok=True)
-    target = run_dir.ExportPaths.of(export_dir)
+    export_dir = os.path.normpath(export_dir)
+    staging = atomic_files.temporary_path(export_dir)
+    shutil.rmtree(staging, ignore_errors=True)  # what an interrupted export left
+    os.makedirs(staging)
+    try:
+        names = _write_artefacts(portable, run_dir.ExportPaths.of(staging), image_size, mean, std,
+                                 threshold, calibrate_on, class_weights, stain)
+        atomic_files.replace_directory(staging, export_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    final = run_dir.ExportPaths.of(export_dir)
+    return {name: getattr(final, name) for name in names}
+
+
+def _write_artefacts(portable, target: run_dir.ExportPaths, image_size, mean, std, threshold,
+                     calibrate_on, class_weights, stain) -> list[str]:
+    """Writes model.keras, the SavedModel, preprocessing.json and, when there are some,
+    calibration.json and threshold.json into target's (new, empty) directory; returns the
+    names of the ExportPaths fields written."""
     portable.save(target.keras)
     module = ServingModule(portable, image_size, mean, std, stain)
     fitted = _calibrate(module, calibrate_on, class_weights, target.calibration)
@@ -81,28 +101,24 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
         "stain_normalization": stain or {"method": "none"},
         # the scale the model was trained at, which whole-slide inference tiles slides to
         "patch_size": records.PATCH_SIZE, "patch_um_per_pixel": records.PATCH_UM_PER_PIXEL})
-    paths = {"keras": target.keras, "saved_model": target.saved_model,
-             "preprocessing": target.preprocessing}
+    names = ["keras", "saved_model", "preprocessing"]
     if fitted is not None:
-        paths["calibration"] = target.calibration
+        names.append("calibration")
         if threshold is not None:  # the same operating point, on the calibrated scale
             threshold = {**threshold, "threshold_uncalibrated": threshold["threshold"],
                          "threshold": float(calibration.calibrate(
                              [threshold["threshold"]], fitted["temperature"],
                              fitted["prior_shift"])[0])}
     if threshold is not None:
-        paths["threshold"] = run_dir.write_threshold(export_dir, threshold)
-    elif os.path.exists(target.threshold):
-        os.remove(target.threshold)
-    return paths
+        run_dir.write_threshold(target.export_dir, threshold)
+        names.append("threshold")
+    return names
 
 
 def _calibrate(module: ServingModule, data_dir: str | None, class_weights,
                record_path: str) -> dict | None:
     """Fits and sets the module's calibration on data_dir's val split and writes its record to
     record_path (calibration.json); None (and no record) when nothing was fitted."""
-    if os.path.exists(record_path):
-        os.remove(record_path)  # an older export's calibration
     fitted = calibration_fit.fit_on_val(module.serve, data_dir, class_weights) if data_dir else None
     if fitted is None:
         return None
