@@ -155,7 +155,15 @@ def test_fit_writes_a_target_training_reads(fitted_data):
     assert matrix[0, 0] > matrix[0, 1]          # hematoxylin absorbs more red than eosin
     config = config_lib.TrainConfig(data_dir=fitted_data, model_dir="unused",
                                     stain_normalization="macenko")
-    assert setup.plan_run(config).stain == {"method": "macenko", "target": written["macenko"]}
+    plan = setup.plan_run(config)
+    assert plan.stain == {"method": "macenko", "target": written["macenko"]}
+    # standardised with the normalised sample's statistics: mean 0, std 1 per channel there
+    sample = stain_target.sample_split(fitted_data, "train", 600)
+    standard = model_input(sample, 50, plan.mean, plan.std, stain=plan.stain).numpy()
+    np.testing.assert_allclose(standard.mean(axis=(0, 1, 2)), 0.0, atol=1e-3)
+    np.testing.assert_allclose(standard.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
+    unnormalised = setup.plan_run(config_lib.TrainConfig(data_dir=fitted_data, model_dir="u"))
+    assert np.abs(np.subtract(plan.mean, unnormalised.mean)).max() > 1.0
 
 
 def test_missing_or_stale_target_is_refused(fitted_data, tmp_path):

@@ -64,13 +64,39 @@ def fit_target(images: np.ndarray, batch_size: int = 512) -> dict:
     matrix = np.median(stains[tissue], axis=0)
     matrix /= np.linalg.norm(matrix, axis=0, keepdims=True)
     typical = lambda v: np.asarray(v, float).round(6).tolist()
-    return {
+    target = {
         "macenko": {"stain_matrix": typical(matrix),
                     "max_concentration": typical(np.median(max_conc[tissue], axis=0))},
         "reinhard": {"lab_mean": typical(np.median(mean[tissue], axis=0)),
                      "lab_std": typical(np.median(std[tissue], axis=0))},
         "patches": int(np.sum(tissue)),
     }
+    for method in ("macenko", "reinhard"):
+        entry = target[method]
+        channel_mean, channel_std = normalized_channel_stats(images, method, entry, batch_size)
+        entry.update(channel_mean=typical(channel_mean), channel_std=typical(channel_std))
+    return target
+
+
+@tf.function(reduce_retracing=True)
+def _channel_sums(images, method: str, entry: dict):
+    """float64 ([3] sums, [3] sums of squares) of the normalised patches' pixels."""
+    x = tf.cast(tf.reshape(stain.normalize(images, method, entry), [-1, 3]), tf.float64)
+    return tf.reduce_sum(x, 0), tf.reduce_sum(x * x, 0)
+
+
+def normalized_channel_stats(images: np.ndarray, method: str, entry: dict,
+                             batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [3], std [3]) over every pixel of the patches uint8 [N, H, W, 3] once normalised by
+    `method` to `entry`: what training standardises with when it normalises (0..255 scale)."""
+    sums, squares = np.zeros(3), np.zeros(3)
+    for i in range(0, len(images), batch_size):
+        s, q = _channel_sums(tf.constant(images[i:i + batch_size]), method,
+                             {k: entry[k] for k in sorted(entry)})
+        sums, squares = sums + s.numpy(), squares + q.numpy()
+    count = max(1, len(images) * images.shape[1] * images.shape[2])
+    mean = sums / count
+    return mean, np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
 
 
 def sample_split(data_dir: str, split: str = "train", max_patches: int = 20000) -> np.ndarray:

@@ -77,7 +77,8 @@ def plan_run(config: TrainConfig) -> RunPlan:
     """Reads the manifest; raises ConfigError for flags the data cannot satisfy."""
     manifest = manifest_lib.load_manifest(config.data_dir)
     train_info = manifest_lib.split_info(manifest, "train", config.data_dir)
-    mean, std = pipeline.channel_mean_std(manifest)
+    stain = _stain_normalization(config)
+    mean, std = _standardisation(manifest, stain, config.data_dir)
     steps_per_epoch = train_info["num_examples"] // config.global_batch_size
     if steps_per_epoch < 1:
         raise ConfigError(f"--global_batch_size={config.global_batch_size} exceeds the "
@@ -98,7 +99,7 @@ def plan_run(config: TrainConfig) -> RunPlan:
         log_every=config.log_every_steps or min(config.steps_per_loop, validation_every),
         freeze_until=config.freeze_backbone_epochs * steps_per_epoch,
         has_val="val" in manifest["splits"], mean=mean, std=std, class_weights=class_weights,
-        augment_steps=augment_steps, stain=_stain_normalization(config))
+        augment_steps=augment_steps, stain=stain)
 
 
 def _stain_normalization(config: TrainConfig) -> dict | None:
@@ -107,6 +108,20 @@ def _stain_normalization(config: TrainConfig) -> dict | None:
         return None
     return {"method": config.stain_normalization,
             "target": stain_target.load_target(config.data_dir, config.stain_normalization)}
+
+
+def _standardisation(manifest: dict, stain: dict | None, data_dir: str):
+    """The channel mean and std the model's input is standardised with: the train split's
+    (manifest), or with stain normalisation those of the normalised train sample (stain fit)."""
+    if stain is None:
+        return pipeline.channel_mean_std(manifest)
+    target = stain["target"]
+    if "channel_mean" in target:
+        return list(target["channel_mean"]), list(target["channel_std"])
+    logging.warning("%s has no normalised channel statistics; standardising with the "
+                    "un-normalised ones. Run `%s` again to add them.",
+                    stain_target.target_path(data_dir), stain_target.FIT_COMMAND.format(data_dir))
+    return pipeline.channel_mean_std(manifest)
 
 
 @dataclasses.dataclass(frozen=True)
