@@ -98,12 +98,13 @@ def thumbnail(path: str, max_size: tuple[int, int]) -> np.ndarray:
         slide.close()
 
 
-def to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """uint8 [h, w, 4] (OpenSlide: not premultiplied; alpha 0 outside the scanned area) ->
-    uint8 [h, w, 3] on white, as the dataset pads its edge patches."""
+def to_rgb(region) -> np.ndarray:
+    """OpenSlide's PIL RGBA region [h, w] (not premultiplied; alpha 0 outside the scanned area)
+    -> uint8 [h, w, 3] on white, as the dataset pads its edge patches."""
+    if region.getchannel("A").getextrema()[0] == 255:  # all scanned: drop alpha in C
+        return np.asarray(region.convert("RGB"))
+    rgba = np.asarray(region)
     alpha = rgba[..., 3:]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgba[..., :3])
     rgb = rgba[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha.astype(np.uint16))
     return ((rgb + 127) // 255).astype(np.uint8)
 
@@ -136,9 +137,7 @@ class RegionReader:
         except openslide.OpenSlideError as e:
             self._local.slide = None  # the C handle is dead after an error
             raise UnreadableRegion(str(e)) from e
-        if region.getchannel("A").getextrema()[0] == 255:  # all scanned: drop alpha in C
-            return np.asarray(region.convert("RGB"))
-        return to_rgb(np.asarray(region))
+        return to_rgb(region)
 
     def close(self) -> None:
         with self._lock:
