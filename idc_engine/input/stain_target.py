@@ -91,8 +91,7 @@ def normalized_channel_stats(images: np.ndarray, method: str, entry: dict,
     `method` to `entry`: what training standardises with when it normalises (0..255 scale)."""
     sums, squares = np.zeros(3), np.zeros(3)
     for i in range(0, len(images), batch_size):
-        s, q = _channel_sums(tf.constant(images[i:i + batch_size]), method,
-                             {k: entry[k] for k in sorted(entry)})
+        s, q = _channel_sums(tf.constant(images[i:i + batch_size]), method, entry)
         sums, squares = sums + s.numpy(), squares + q.numpy()
     count = max(1, len(images) * images.shape[1] * images.shape[2])
     mean = sums / count
