@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+import quality_bounds
 from cli_flags import check_every_flag_is_documented
 from conftest import read_records, shard_paths
 from sklearn import metrics as sk
@@ -307,7 +308,8 @@ def test_evaluation_writes_metrics_figures_threshold_and_slide_maps(evaluation, 
     assert saved["patch"]["num_idc"] == test["num_positive"]
     assert saved["patient"]["num_patients"] == len(test["patients"]) == 4
     assert {r["patient_id"] for r in saved["patients"]} == set(test["patients"])
-    assert saved["patch"]["auc"] > 0.75  # the tiny model learned something
+    # the shared 60-step model learned something; bound at 5x the spread of tools/suite_spread.sh
+    quality_bounds.at_least("evaluate: test ROC-AUC", saved["patch"]["auc"], 0.75)
     assert set(saved["classification_report"]) >= {"non-IDC", "IDC", "macro avg"}
     assert len(saved["calibration"]["count"]) == 10
 

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import quality_bounds
 from conftest import TF_STARTUP_LINES, read_records, shard_paths
 from PIL import Image
 
@@ -45,7 +46,9 @@ def test_grad_cam_heatmaps_are_patch_sized_in_range_and_not_constant(explainer, 
     assert (spread[peaks > 0] > 0.02).all()  # a map, not a constant
     np.testing.assert_allclose(explainer.served_probability(cam.probabilities),
                                probabilities[chosen], rtol=1e-5, atol=1e-6)
-    assert labels[chosen].mean() > 0.5  # the model learnt something: mostly true IDC
+    # the model learnt something: mostly true IDC (5x the spread of tools/suite_spread.sh)
+    quality_bounds.at_least("explain: true IDC among the 8 most confident", labels[chosen].mean(),
+                            0.5)
 
     # non-IDC evidence is another map
     other = gradcam.grad_cam(explainer.model, explainer.inputs(images[chosen]), target_class=0)

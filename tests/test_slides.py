@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import quality_bounds
 import slide_files
 from cli_flags import check_every_flag_is_documented
 from sklearn.metrics import roc_auc_score
@@ -51,7 +52,42 @@ def slide_run(eval_data, trained_model_dir, tmp_path_factory):
             "summary": summary, "base": base}
 
 
+def _tiles_at_patch_scale(slide: str, x, y) -> np.ndarray:
+    """uint8 [N, 50, 50, 3]: the tiles whose level-0 top-left corners are x, y int [N], read and
+    resized as the slide step reads and resizes them."""
+    from idc_engine.slides import predict, tiles
+
+    info = reader.open_info(slide)
+    level = reader.choose_level(info.level_downsamples, info.um_per_pixel, 4.0)
+    grid = tiles.make_grid(level, info.level_dimensions[level], info.level_downsamples[level],
+                           info.um_per_pixel, 4.0, 50)
+    out = np.zeros((len(x), 50, 50, 3), np.uint8)
+    for images, index in tiles.read_tiles(slide, grid, np.asarray(x) // grid.level0_size,
+                                          np.asarray(y) // grid.level0_size, 2, []):
+        out[index] = predict.resize_to_patch(images, 50).numpy()
+    return out
+
+
+def test_each_tile_read_is_its_patch_at_the_model_scale(slide_run):
+    """Pixels, no model: each patch was magnified 3.2x into the slide; read back at the level
+    nearest 4.0 um/px and resized, its tile must be its patch up to the two resamplings (mean
+    difference 2.5 levels of 255 on this slide, a tile at most 7.6), and nearer to it than the
+    tile one cell to the right is (the negative control: 39.5 levels on average)."""
+    truth = _rows(slide_run["truth"])
+    x, y = (np.array([int(r[k]) for r in truth]) for k in ("x", "y"))
+    patches = slide_run["patches"]["images"].astype(np.int16)
+    own = np.abs(_tiles_at_patch_scale(slide_run["slide"], x, y) - patches).mean(axis=(1, 2, 3))
+    shifted = np.abs(_tiles_at_patch_scale(slide_run["slide"], x + slide_files.CELL, y)
+                     - patches).mean(axis=(1, 2, 3))
+    assert own.mean() <= 5.0, own.mean()
+    assert shifted.mean() > 4 * 5.0, shifted.mean()
+    assert (own < shifted).all(), np.flatnonzero(own >= shifted)
+
+
 def test_the_heatmap_matches_the_truth_at_the_tile_level(slide_run, trained_model_dir):
+    """The model's answer on each tile is about its answer on the patch (the previous test
+    checks the pixels; through the two resamplings the short-trained model moves by 0.09 on
+    average). Bounds at 5x the spread of tools/suite_spread.sh (BUILD.md)."""
     from idc_engine.inference.serving import ServedModel
 
     tiles = {(int(r["x"]), int(r["y"])): float(r["idc_probability"])
@@ -65,11 +101,10 @@ def test_the_heatmap_matches_the_truth_at_the_tile_level(slide_run, trained_mode
     tile_p = np.array([tiles[(int(r["x"]), int(r["y"]))] for r, f in zip(truth, found) if f])
     patch_p = ServedModel(find_export(trained_model_dir).saved_model)(
         slide_run["patches"]["images"])[np.array(found)]
-    # the slide's patches went through a 3.2x magnification and back (bicubic both ways): the
-    # tiles are not the patches' exact pixels, but a tile shifted by one cell would not correlate
-    assert np.corrcoef(tile_p, patch_p)[0, 1] > 0.8
+    quality_bounds.at_least("slide: corr(tile P, patch P)", np.corrcoef(tile_p, patch_p)[0, 1],
+                            0.5)
     patch_auc, tile_auc = roc_auc_score(labels, patch_p), roc_auc_score(labels, tile_p)
-    assert tile_auc > 0.85 and abs(tile_auc - patch_auc) < 0.05, (tile_auc, patch_auc)
+    quality_bounds.at_most("slide: |tile AUC - patch AUC|", abs(tile_auc - patch_auc), 0.05)
 
 
 def test_the_level_nearest_the_model_scale_is_read_and_resized(slide_run):

@@ -83,6 +83,9 @@ def test_evaluate_with_tta_reports_the_plain_model_and_the_cost(trained_model_di
     plain = serving.predict_split(served, data_dir, "test", 256)
     assert entry["without_tta"]["patch"]["auc"] == pytest.approx(
         sklearn.metrics.roc_auc_score(plain.labels, plain.idc_probability))
-    assert entry["images_per_second"]["none"] > entry["images_per_second"]["d4"] > 0
+    # both rates are reported (which is faster is a benchmark's question: benchmarks/tta.py)
+    rates = entry["images_per_second"]
+    assert rates["none"] > 0 and rates["d4"] > 0
+    assert entry["cost"] == pytest.approx(rates["none"] / rates["d4"], rel=1e-3)
     lines = tta_comparison.format_lines(entry, entry["without_tta"]["patch"], 0.5)
-    assert "slower with d4" in lines[-1]
+    assert f"{entry['cost']:.1f}x slower with d4" in lines[-1]
