@@ -310,3 +310,21 @@ def test_a_slide_failing_part_way_leaves_no_folder_and_the_older_one_intact(tmp_
         outputs.write_summary(os.path.join(staging, "summary.json"), {"new": 1})
     assert os.listdir(out) == ["a"] and json.loads((out / "a" / "summary.json").read_text()) == {
         "new": 1}
+
+
+def test_the_dicom_slide_reads_the_pixels_of_the_svs_it_was_converted_from():
+    """OpenSlide's DICOM WSI fixture is its Aperio fixture converted by PixelMed's TIFFToDicom
+    (its properties say so): the reading threads' reader gets the same pixels from both through
+    OpenSlide's two decoders, and white past the slide's edge."""
+    dicom = reader.RegionReader(os.path.join(FIXTURES, "boxes_0.dcm"))
+    aperio = reader.RegionReader(os.path.join(FIXTURES, "😐.svs"))
+    try:
+        pixels = dicom.read(0, 0, 0, 16, 16)
+        np.testing.assert_array_equal(pixels, aperio.read(0, 0, 0, 16, 16))
+        assert pixels.min() < 150  # stained, not blank
+        shifted = dicom.read(0, 8, 8, 16, 16)
+        np.testing.assert_array_equal(shifted[:8, :8], pixels[8:, 8:])
+        assert (shifted[8:, :] == 255).all() and (shifted[:, 8:] == 255).all()
+    finally:
+        dicom.close()
+        aperio.close()
