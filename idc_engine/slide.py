@@ -2,16 +2,26 @@
 
     python -m idc_engine.slide --model_dir=runs/demo/cancernet --output_dir=slides_out SLIDE...
     python -m idc_engine.slide ... --slide_um_per_pixel=0.25 --num_cpu_devices=2 scan.tiff
+    python -m idc_engine.slide ... --slide_um_per_pixel=0.5 --override_slide_scale 72dpi.tiff
 
-Every format OpenSlide reads (.svs, .ndpi, .mrxs, pyramidal TIFF, ...). Each slide is tiled at
-the model's training scale (export/preprocessing.json: 4.0 um/px, 50x50 patches) from the pyramid
-level nearest it without being coarser, its background glass skipped by a tissue mask; tiles are
-read in parallel, streamed through tf.data and resized to 50x50 on the device, under the same
-tf.distribute strategies as training. OUT/<slide name>/ gets tiles.csv, idc.geojson (QuPath),
-heatmap.png, tissue_mask.png and summary.json (idc_engine/slides/outputs.py).
+Every format OpenSlide reads (.svs, .ndpi, .mrxs, pyramidal TIFF, DICOM, ...). Each slide is
+tiled at the model's training scale (export/preprocessing.json: 4.0 um/px, 50x50 patches) from
+the pyramid level nearest it without being coarser, its background glass skipped by a tissue
+mask; tiles are read in parallel, streamed through tf.data and resized to 50x50 on the device,
+under the same tf.distribute strategies as training. OUT/<slide name>/ gets tiles.csv,
+idc.geojson (QuPath), heatmap.png, tissue_mask.png and summary.json (idc_engine/slides/outputs.py),
+all at once when the slide is done.
 
-A slide that cannot be used (OpenSlide cannot open it, no scale, no tissue) is reported naming
-the file and the other slides go on; the command then exits with 2. Every flag: --helpfull.
+The slide's scale is its file's (OpenSlide's openslide.mpp-x/mpp-y: a vendor's field or a TIFF's
+resolution tags), else --slide_um_per_pixel; --override_slide_scale makes the flag win over a
+file whose scale is wrong. A scale no microscope produces (outside 0.05-10 um/px), or a finest
+level more than 1.25x coarser than the model's patches, is refused, naming both scales and
+where the slide's came from.
+
+A slide that cannot be used (OpenSlide cannot open or decode it, its scale is missing or
+refused, it is smaller than one tile or holds no tissue) is reported on an `error:` line naming
+the file, its output folder is left as it was, and the other slides go on; the command then
+exits with 2. Every flag: --helpfull.
 """
 
 import json

@@ -205,9 +205,11 @@ def test_a_model_dir_without_an_export_is_named(tmp_path):
 
 
 def test_the_slide_scale_comes_from_openslide_or_the_flag():
-    assert reader.slide_scale({"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.25"}, "s",
-                              1.0) == (0.25, "openslide.mpp-x/mpp-y")
-    assert reader.slide_scale({}, "s", 0.5) == (0.5, "--slide_um_per_pixel")
+    mpp, source = reader.slide_scale({"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.25"},
+                                     "s", 1.0)
+    assert (mpp, source.split()[0]) == (0.25, "openslide.mpp-x=0.25")
+    mpp, source = reader.slide_scale({}, "s", 0.5)
+    assert (mpp, source.split()[0]) == (0.5, "--slide_um_per_pixel=0.5")
     with pytest.raises(reader.SlideError, match="s: the slide has no scale"):
         reader.slide_scale({}, "s", None)
 

@@ -11,6 +11,7 @@ import os
 from idc_engine import cli, errors
 from idc_engine.data import records
 from idc_engine.inference.tta import TTA_MODES
+from idc_engine.slides.reader import MICROSCOPE_UM_PER_PIXEL
 from idc_engine.training.run_dir import ExportPaths
 
 
@@ -25,7 +26,10 @@ class SlideConfig:
     output_dir: str = cli.option("", "Where each slide's outputs go: OUTPUT_DIR/<slide name>/.")
     slide_um_per_pixel: float | None = cli.option(
         None, "Level-0 micrometres per pixel of slides without openslide.mpp-x/mpp-y (e.g. 0.25 "
-        "for a 40x scan); a slide's own mpp properties win.")
+        "for a 40x scan); a slide's own scale wins unless --override_slide_scale.")
+    override_slide_scale: bool = cli.option(
+        False, "Take --slide_um_per_pixel for every slide, in place of the scale its file "
+        "states (e.g. a TIFF whose resolution tags say 72 dpi: 352.8 um/px).")
     tissue_threshold: float | None = cli.option(
         None, "HSV saturation (0..1) above which a thumbnail pixel is tissue; default: Otsu's "
         "threshold on the slide's thumbnail, kept within [0.05, 0.12].")
@@ -45,11 +49,15 @@ class SlideConfig:
 
     def validate(self) -> None:
         """Raises SlideConfigError naming the first bad flag."""
+        low, high = MICROSCOPE_UM_PER_PIXEL
         checks = (
             (self.model_dir, "--model_dir is required: a run written by python -m idc_engine.train"),
             (self.output_dir, "--output_dir is required"),
-            (self.slide_um_per_pixel is None or self.slide_um_per_pixel > 0,
-             "--slide_um_per_pixel must be > 0"),
+            (self.slide_um_per_pixel is None or low <= self.slide_um_per_pixel <= high,
+             f"--slide_um_per_pixel must be within [{low:g}, {high:g}] (what microscopes "
+             "produce; 0.25 at 40x)"),
+            (self.slide_um_per_pixel or not self.override_slide_scale,
+             "--override_slide_scale needs --slide_um_per_pixel=UM: the scale to use"),
             (self.tissue_threshold is None or 0 <= self.tissue_threshold < 1,
              "--tissue_threshold must be in [0, 1)"),
             (0 <= self.min_tissue_fraction <= 1, "--min_tissue_fraction must be in [0, 1]"),

@@ -9,10 +9,16 @@
     tissue_mask.png   the tissue mask on the thumbnail (white: tissue)
     heatmap.png       idc_engine/slides/heatmap.py
     summary.json      written last: counts, areas, the scale, timings, unreadable regions
+
+The files are written into OUT/<slide name>.partial/, which replaces OUT/<slide name>/ in one
+step once summary.json is in it (staged_slide_dir): a slide that fails part-way leaves no
+folder of its own, and an earlier run's complete one as it was, never old and new files mixed.
 """
 
+import contextlib
 import json
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -71,9 +77,25 @@ def write_summary(path: str, summary: dict) -> None:
 
 
 def slide_output_dir(output_dir: str, slide_path: str) -> str:
-    """OUT/<slide file name without its extension> (created)."""
+    """OUT/<slide file name without its extension>."""
     name = os.path.basename(slide_path)
     stem = name.split(".")[0] or name
-    folder = os.path.join(output_dir, stem)
-    os.makedirs(folder, exist_ok=True)
-    return folder
+    return os.path.join(output_dir, stem)
+
+
+@contextlib.contextmanager
+def staged_slide_dir(output_dir: str, slide_path: str):
+    """`with staged_slide_dir(OUT, slide) as staging:` the slide's files go into `staging`
+    (OUT/<name>.partial, emptied first: a killed run's), which replaces OUT/<name> in one step
+    when the block ends (atomic_files.replace_directory). If the block raises, staging is
+    removed and OUT/<name> left as it was."""
+    final = slide_output_dir(output_dir, slide_path)
+    staging = final + ".partial"  # stems stop at the first dot: no slide's own folder
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    atomic_files.replace_directory(staging, final)

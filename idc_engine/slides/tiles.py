@@ -9,7 +9,9 @@ Reading: OpenSlide's cost is mostly per call and per TIFF tile decoded, so tiles
 blocks (up to BLOCK x BLOCK neighbouring grid tiles in one read_region, cut apart in numpy), by
 `threads` threads, at most 2 x threads blocks ahead: memory stays flat whatever the slide's
 size, as nothing but those blocks and tf.data's prefetched batches is ever held. A block that
-cannot be read is retried tile by tile, and only the tiles that still fail are reported.
+cannot be read is retried tile by tile, and only the tiles that still fail are reported. An
+error that stops the reading (a thread cannot reopen the slide) ends the stream and is kept in
+the ReadReport for the caller to raise: through tf.data it would become a TensorFlow error.
 """
 
 import collections
@@ -19,7 +21,7 @@ import math
 
 import numpy as np
 
-from idc_engine.slides.reader import RegionReader, UnreadableRegion
+from idc_engine.slides.reader import RegionReader, SlideError, UnreadableRegion
 
 BLOCK = 8  # grid tiles per block side: ~0.4-1k-pixel reads, a few TIFF tiles each
 
@@ -124,16 +126,31 @@ def _done(future, failures: list):
     if len(index):
         yield images, index
 
+
+@dataclasses.dataclass
+class ReadReport:
+    """What reading a slide's tiles met: the tiles OpenSlide could not decode (read_tiles'
+    failures; the rest went on), and the SlideError that stopped the reading, if one did."""
+    unreadable: list = dataclasses.field(default_factory=list)
+    stopped_by: SlideError | None = None
+
+
 def tile_dataset(path: str, grid: TileGrid, col, row, batch_size: int, threads: int,
-                 failures: list):
+                 report: ReadReport):
     """tf.data.Dataset of (images uint8 [B, size, size, 3], index int64 [B]) batches of the
-    tiles (col, row int [N]), read ahead while the model runs (prefetch)."""
+    tiles (col, row int [N]), read ahead while the model runs (prefetch). After the iteration,
+    the caller raises report.stopped_by if it is set (the stream then ended early)."""
     import tensorflow as tf
+
+    def generate():
+        try:
+            yield from read_tiles(path, grid, col, row, threads, report.unreadable)
+        except SlideError as e:
+            report.stopped_by = e
 
     spec = (tf.TensorSpec([None, grid.size, grid.size, 3], tf.uint8),
             tf.TensorSpec([None], tf.int64))
-    dataset = tf.data.Dataset.from_generator(
-        lambda: read_tiles(path, grid, col, row, threads, failures), output_signature=spec)
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=spec)
     options = tf.data.Options()
     # one generator in one process: nothing to shard between workers
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
