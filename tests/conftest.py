@@ -34,7 +34,10 @@ from idc_engine.data import conversion, synthetic  # noqa: E402
 
 
 def pytest_configure(config):
-    """Fixes TensorFlow's thread counts in this process (each pytest-xdist worker runs it)."""
+    """Fixes TensorFlow's thread counts in the process that runs tests (with pytest-xdist, each
+    worker; its controller runs none)."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(SUITE_THREADS)

@@ -245,7 +245,9 @@ def test_cli_reads_a_converted_split(converted, trained_model_dir, predictor, tm
         row = by_key[(record["patient_id"], record["x"], record["y"])]
         assert row["label"] == str(record["label"])
         assert (int(row["height"]), int(row["width"])) == (record["height"], record["width"])
-        assert float(row["idc_probability"]) == pytest.approx(float(probability), abs=1e-6)
+        # the same patches in other batches: float32 kernels may round differently with the batch
+        # size (4e-6 seen with TF_ENABLE_ONEDNN_OPTS=0); a wrong patch would be off by far more
+        assert float(row["idc_probability"]) == pytest.approx(float(probability), abs=2e-5)
     assert f"annotated IDC (file names / records): {manifest['splits']['test']['num_positive']:,}" \
         in result.stdout
 
