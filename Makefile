@@ -25,11 +25,13 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check idc_engine tools benchmarks tests
 
+# The full measurements. `make benchmarks BENCHMARK_FLAGS=--quick` runs each whole command
+# at tiny sizes instead, in seconds to minutes: a check that they still run, not a measurement.
 benchmarks: setup
-	$(PY) -m benchmarks.convert
-	$(PY) -m benchmarks.input_pipeline
-	$(PY) -m benchmarks.train_step
-	$(PY) -m benchmarks.inference
+	$(PY) -m benchmarks.convert $(BENCHMARK_FLAGS)
+	$(PY) -m benchmarks.input_pipeline $(BENCHMARK_FLAGS)
+	$(PY) -m benchmarks.train_step $(BENCHMARK_FLAGS)
+	$(PY) -m benchmarks.inference $(BENCHMARK_FLAGS)
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info

@@ -2,6 +2,7 @@
 
     python -m benchmarks.convert                       # generates a synthetic tree first
     python -m benchmarks.convert --input_dir=~/data/IDC --num_workers=8
+    python -m benchmarks.convert --quick               # every figure at tiny sizes (benchmarks/quick.py)
 
 Reports the converter's patches/s (the whole `convert_tree` into a new folder: scan, split,
 decode, write, manifest) with N workers and with one, beside the single-process rate of the
@@ -27,6 +28,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
+from benchmarks import quick
 from benchmarks.report import BenchmarkReport
 from idc_engine.data import conversion, kaggle_tree, patch_png, shard_writer, synthetic, worker_pool
 
@@ -40,6 +42,8 @@ flags.DEFINE_integer("num_workers", 0, "Converter workers; 0 = one per available
 flags.DEFINE_integer("repeats", 3, "Timed repetitions (median reported) after one warm-up.")
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
 flags.DEFINE_string("work_dir", None, "Scratch space for trees and shards; default: a temp dir.")
+quick.define_flag()
+QUICK_SIZES = {"num_patients": 6, "patches_per_patient": 40, "repeats": 1}
 
 
 def decode_all(paths: list[str]) -> None:
@@ -88,6 +92,7 @@ def evict_from_memory(paths: list[str]) -> bool:
 
 def main(argv) -> None:
     del argv
+    quick.apply(QUICK_SIZES)
     work = FLAGS.work_dir or tempfile.mkdtemp(prefix="idc_bench_convert_")
     input_dir = FLAGS.input_dir
     if input_dir is None:
@@ -138,7 +143,7 @@ def main(argv) -> None:
         "input_dir": input_dir, "num_patches": len(paths), "num_png_files": listing.num_png_files,
         "num_workers": workers,
         "repeats": FLAGS.repeats, "cores": len(os.sched_getaffinity(0)),
-        "input_evictable": evictable})
+        "input_evictable": evictable, "quick": FLAGS.quick})
     report.add("decode_single_process_patches_per_s", decode_rate, all=rates["decode"])
     report.add(f"decode_{workers}_processes_patches_per_s", parallel_rate, all=rates["parallel"])
     report.add("plain_pil_decode_single_process_patches_per_s", pil_rate, all=rates["pil"])

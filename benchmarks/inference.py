@@ -2,6 +2,7 @@
 
     python -m benchmarks.inference                                  # untrained CancerNet, synthetic patches
     python -m benchmarks.inference --model=runs/cancernet --data_dir=~/data/idc_tfrecords
+    python -m benchmarks.inference --quick     # every figure at tiny sizes (benchmarks/quick.py)
 
 For each batch size (--batch_sizes) it reports images/s of
     saved_model      the serving signature: uint8 patches in, P(IDC) out (what predict runs)
@@ -28,6 +29,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
+from benchmarks import quick
 from benchmarks.report import BenchmarkReport
 
 FLAGS = flags.FLAGS
@@ -43,6 +45,8 @@ flags.DEFINE_integer("num_png_files", 2048, "PNG files of the end-to-end predict
 flags.DEFINE_integer("decode_threads", 2, "Decoding threads of predict_files.")
 flags.DEFINE_integer("repeats", 5, "Timed runs per figure (median reported) after one warm-up.")
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
+quick.define_flag()
+QUICK_SIZES = {"batch_sizes": ["16", "32"], "num_images": 64, "num_png_files": 32, "repeats": 1}
 
 # Mean/std of the synthetic train split (README): only the untrained model's normalization.
 _SYNTHETIC_MEAN = [196.9627, 145.5059, 191.7613]
@@ -195,7 +199,7 @@ def main(argv) -> None:
 
     # TensorFlow's INFO lines (SavedModel writing, logged through absl) would bury the table
     absl_logging.set_verbosity(absl_logging.WARNING)
-
+    quick.apply(QUICK_SIZES)
     work = tempfile.mkdtemp(prefix="idc_bench_inference_")
     try:
         paths, model_source = benchmark_export(work)
@@ -210,7 +214,7 @@ def main(argv) -> None:
                 rates[key].append(count / _time(fn))
 
         report = BenchmarkReport("inference", FLAGS.output_dir, config={
-            "model": model_source, "images": image_source, "num_images": len(images),
+            "quick": FLAGS.quick, "model": model_source, "images": image_source, "num_images": len(images),
             "num_png_files": len(png_files), "batch_sizes": batch_sizes,
             "decode_threads": FLAGS.decode_threads, "repeats": FLAGS.repeats,
             "image_size": int(pre["image_size"]), "cores": len(os.sched_getaffinity(0)),

@@ -4,6 +4,7 @@ and the device-resident mode's host memory and time to its first step.
     python -m benchmarks.input_pipeline --output_dir=runs/bench_input           # synthetic data
     python -m benchmarks.input_pipeline --data_dir=~/data/idc_tfrecords --png_dir=~/data/IDC \\
         --output_dir=runs/bench_input --batch_size=256
+    python -m benchmarks.input_pipeline --quick      # every figure at tiny sizes (benchmarks/quick.py)
 
 In ONE run on the same split (images/s, warm-up excluded, median of --repetitions):
   engine_img_per_s           make_dataset(training=True): shards -> chunked parse -> shuffle
@@ -46,6 +47,8 @@ import time
 
 from absl import app, flags, logging
 
+from benchmarks import quick
+
 FLAGS = flags.FLAGS
 
 
@@ -76,6 +79,12 @@ def define_flags() -> None:
                       "resident footprint.")
     flags.DEFINE_bool("baseline", True, "Time the image_dataset_from_directory baseline (needs "
                       "PNGs).")
+    quick.define_flag()
+
+
+QUICK_SIZES = {"synthetic_patients": 6, "synthetic_min_patches": 40, "synthetic_max_patches": 60,
+               "min_shards": 2, "batch_size": 16, "repetitions": 1, "min_seconds": 0.01,
+               "shuffle_buffer": 256}
 
 
 # What every figure's batches are, for the JSON.
@@ -231,8 +240,10 @@ def train_only_view(data_dir: str, root: str) -> str:
     manifest["splits"] = {"train": manifest["splits"]["train"]}
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
-    for name in manifest["splits"]["train"]["files"]:
-        os.symlink(os.path.abspath(os.path.join(data_dir, name)), os.path.join(root, name))
+    for name in manifest["splits"]["train"]["files"]:  # relative: "shards-<id>/train-...tfrecord"
+        link = os.path.join(root, name)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(os.path.abspath(os.path.join(data_dir, name)), link)
     with open(manifest_lib.manifest_path(root), "w") as f:
         json.dump(manifest, f)
     return root
@@ -450,6 +461,7 @@ def main(argv) -> None:
     from benchmarks.report import BenchmarkReport
     from idc_engine.data import manifest as manifest_lib
 
+    quick.apply(QUICK_SIZES)
     output_dir = FLAGS.output_dir
     data_root = os.path.join(output_dir, "data")
     png_dir, data_dir = FLAGS.png_dir, FLAGS.data_dir
@@ -461,7 +473,7 @@ def main(argv) -> None:
     paths = manifest_lib.split_files(data_dir, FLAGS.split, manifest)
     batch = FLAGS.batch_size
     report = BenchmarkReport("input_pipeline", output_dir, config={
-        "outputs": OUTPUTS,
+        "outputs": OUTPUTS, "quick": FLAGS.quick,
         "data_dir": os.path.abspath(data_dir), "png_dir": png_dir and os.path.abspath(png_dir),
         "split": FLAGS.split, "num_examples": split["num_examples"], "num_shards": len(paths),
         "image_encoding": manifest["image_encoding"], "batch_size": batch,

@@ -3,6 +3,7 @@ alone, and beside the loop a user writes first, on one generated pyramidal TIFF.
 
     python -m benchmarks.slide_inference                      # untrained CancerNet, 180x180 grid
     python -m benchmarks.slide_inference --model=runs/demo/cancernet --grid=200
+    python -m benchmarks.slide_inference --quick              # every figure at tiny sizes
 
 The slide (idc_engine/slides/pyramid_tiff.py): synthetic patches on a --grid x --grid cell grid,
 an ellipse of tissue (>= 20,000 tiles at the default) in white glass, level 0 at --um_per_pixel
@@ -43,6 +44,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
+from benchmarks import quick
 from benchmarks.report import BenchmarkReport
 
 FLAGS = flags.FLAGS
@@ -57,6 +59,8 @@ flags.DEFINE_integer("model_threads", 0, "TensorFlow's intra-op threads (0: one 
                      "1 and --read_threads=1 the model and the reader each get one of 2 cores, "
                      "as a GPU and the host would: the overlap the engine is built for.")
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
+quick.define_flag()
+QUICK_SIZES = {"grid": 16, "repeats": 1, "batch_size": 32}
 
 
 def _patch_pool(work: str) -> np.ndarray:
@@ -179,6 +183,7 @@ def _peak_rss_mb(slide: str, model: str, work: str) -> float:
 def main(argv) -> None:
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)
+    quick.apply(QUICK_SIZES)
     if FLAGS.model_threads:
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.model_threads)
@@ -203,7 +208,8 @@ def main(argv) -> None:
         rates = {key: num_tiles / statistics.median(v) for key, v in seconds.items()}
         streaming = statistics.median(s["tiles_per_second"] for s in summaries[1:])
         report = BenchmarkReport("slide_inference", FLAGS.output_dir, config={
-            "model": model_source, "grid": FLAGS.grid, "um_per_pixel": FLAGS.um_per_pixel,
+            "quick": FLAGS.quick, "model": model_source, "grid": FLAGS.grid,
+            "um_per_pixel": FLAGS.um_per_pixel,
             "slide_cells_with_tissue": cells, "tissue_tiles": num_tiles,
             "small_slide_cells_with_tissue": small_cells, "slide_build_seconds": build_seconds,
             "batch_size": FLAGS.batch_size, "repeats": FLAGS.repeats,

@@ -1,6 +1,7 @@
 """Stain normalisation throughput: the engine's batched ops beside torchstain, one process, one run.
 
     python -m benchmarks.stain --output_dir=runs/benchmarks
+    python -m benchmarks.stain --quick          # every figure at tiny sizes (benchmarks/quick.py)
 
 On the same 50x50 patches (synthetic, idc_engine.data.synthetic; or --data_dir's --split), for
 Reinhard and Macenko, images/s of
@@ -28,6 +29,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
+from benchmarks import quick
 from benchmarks.report import BenchmarkReport
 
 FLAGS = flags.FLAGS
@@ -39,6 +41,9 @@ flags.DEFINE_integer("reference_images", 128, "Images per timed run of torchstai
 flags.DEFINE_integer("step_batches", 8, "Training steps per timed run.")
 flags.DEFINE_integer("repeats", 5, "Timed runs per figure (median reported).")
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
+quick.define_flag()
+QUICK_SIZES = {"batch_size": 32, "num_images": 64, "reference_images": 4, "step_batches": 1,
+               "repeats": 1}
 
 METHODS = ("reinhard", "macenko")
 
@@ -164,6 +169,7 @@ def _interleaved(runs: dict, items: dict) -> dict:
 def main(argv) -> None:
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)
+    quick.apply(QUICK_SIZES)
     from idc_engine.input import stain, stain_target
 
     images = patches(FLAGS.num_images)
@@ -177,7 +183,7 @@ def main(argv) -> None:
     steps = step_runs(images, target)
     items.update({name: FLAGS.batch_size * FLAGS.step_batches for name in steps})
     report = BenchmarkReport("stain", FLAGS.output_dir, config={
-        "batch_size": FLAGS.batch_size, "num_images": FLAGS.num_images,
+        "quick": FLAGS.quick, "batch_size": FLAGS.batch_size, "num_images": FLAGS.num_images,
         "reference_images": FLAGS.reference_images, "repeats": FLAGS.repeats,
         "images": FLAGS.data_dir or "synthetic patches (6 patients)", "skipped": skipped})
     measured = {**_interleaved(runs, items), **_interleaved(steps, items)}

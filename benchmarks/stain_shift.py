@@ -1,6 +1,7 @@
 """What stain normalisation buys: train on one lab's staining, test on another's.
 
     python -m benchmarks.stain_shift --output_dir=runs/benchmarks
+    python -m benchmarks.stain_shift --quick    # every run at tiny sizes (benchmarks/quick.py)
 
 Generates a synthetic tree (idc_engine.synthetic) whose last --test_patients patients are
 stained as another lab stains (`restained_patients`: same tissue model, other stain vectors,
@@ -20,6 +21,7 @@ import tempfile
 
 from absl import app, flags
 
+from benchmarks import quick
 from benchmarks.report import BenchmarkReport
 
 FLAGS = flags.FLAGS
@@ -33,6 +35,8 @@ flags.DEFINE_list("settings", ["none", "macenko", "reinhard", "none+stain_augmen
                   "augmentation op to the default augmentation.")
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
 flags.DEFINE_string("work_dir", None, "Where data and runs go (default: a temporary directory).")
+quick.define_flag()
+QUICK_SIZES = {"train_patients": 3, "val_patients": 1, "test_patients": 2, "epochs": 0.1}
 
 
 def _python(*args) -> str:
@@ -84,11 +88,13 @@ def train_and_evaluate(data_dir: str, work: str, setting: str) -> dict:
 
 def main(argv) -> None:
     del argv
+    quick.apply(QUICK_SIZES)
     work = FLAGS.work_dir or tempfile.mkdtemp(prefix="idc_bench_stain_shift_")
     os.makedirs(work, exist_ok=True)
     data_dir = make_data(work)
     report = BenchmarkReport("stain_shift", FLAGS.output_dir, config={
-        "train_patients": FLAGS.train_patients, "val_patients": FLAGS.val_patients,
+        "quick": FLAGS.quick, "train_patients": FLAGS.train_patients,
+        "val_patients": FLAGS.val_patients,
         "test_patients (other lab)": FLAGS.test_patients, "seed": FLAGS.seed,
         "epochs": FLAGS.epochs, "flags": "flags/cpu_quick.flags --deterministic",
         "work_dir": work})

@@ -3,6 +3,7 @@
     python -m benchmarks.train_step                          # generates a synthetic dataset first
     python -m benchmarks.train_step --data_dir=~/data/idc_tfrecords --repeats=5
     python -m benchmarks.train_step --settings=pathology,as_trained,cache
+    python -m benchmarks.train_step --quick        # every figure at tiny sizes (benchmarks/quick.py)
 
 In ONE run, images/s of the training step (warm-up excluded), each setting run once per round:
   engine_img_per_s            the reference: `python -m idc_engine.train` on one device, float32,
@@ -56,6 +57,8 @@ import time
 
 from absl import app, flags, logging
 
+from benchmarks import quick
+
 FLAGS = flags.FLAGS
 
 # Where the engine and fit are measured unattended: no validation, checkpoint or export inside
@@ -99,6 +102,13 @@ def define_flags() -> None:
     flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
     flags.DEFINE_string("work_dir", None, "Scratch space (generated data, model dirs, logs of "
                         "every run); default: a temporary directory, deleted at the end.")
+    quick.define_flag()
+
+
+# Every setting and fit still run, each once, for one timed loop of a few steps of 16.
+QUICK_SIZES = {"synthetic_patients": 6, "synthetic_min_patches": 40, "synthetic_max_patches": 60,
+               "global_batch_size": 16, "repeats": 1, "timed_loops": 1, "loop_seconds": 0.1,
+               "max_steps_per_loop": 4, "pipeline_seconds": 0.01}
 
 
 # --- settings ----------------------------------------------------------------------------------
@@ -486,7 +496,8 @@ def write_report(settings: list[Setting], runs: dict, pipelines: dict, data_dir:
 
     manifest = manifest_lib.load_manifest(data_dir)
     report = BenchmarkReport("train_step", FLAGS.output_dir, config={
-        **config, "model": FLAGS.model, "global_batch_size": FLAGS.global_batch_size,
+        **config, "quick": FLAGS.quick, "model": FLAGS.model,
+        "global_batch_size": FLAGS.global_batch_size,
         "data_dir": os.path.abspath(data_dir),
         "train_examples": manifest["splits"]["train"]["num_examples"],
         "repeats": FLAGS.repeats, "timed_loops": FLAGS.timed_loops,
@@ -527,6 +538,7 @@ def median_or_none(values: list[float]) -> float | None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quick.apply(QUICK_SIZES)
     started = time.perf_counter()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     gpus = gpu_facts()

@@ -2,6 +2,7 @@
 
     python -m benchmarks.tta                                   # untrained CancerNet export
     python -m benchmarks.tta --model=runs/demo/cancernet
+    python -m benchmarks.tta --quick                           # every figure at tiny sizes
 
 Paths, each over the same --num_images uint8 patches in batches of --batch_size:
     none         the served model (what predict runs without --tta)
@@ -21,6 +22,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
+from benchmarks import quick
 from benchmarks.report import BenchmarkReport
 
 FLAGS = flags.FLAGS
@@ -29,6 +31,8 @@ flags.DEFINE_integer("num_images", 2048, "Patches per timed run (random uint8)."
 flags.DEFINE_integer("batch_size", 256, "Patches per call (x8 with d4_one_call).")
 flags.DEFINE_integer("repeats", 5, "Timed repetitions after one warm-up.")
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where tta.json and TensorBoard go.")
+quick.define_flag()
+QUICK_SIZES = {"num_images": 32, "batch_size": 16, "repeats": 1}
 
 
 def export_untrained(export_dir: str) -> None:
@@ -68,6 +72,7 @@ def main(argv) -> None:
     from idc_engine.training import run_dir
 
     absl_logging.set_verbosity(absl_logging.WARNING)
+    quick.apply(QUICK_SIZES)
     work = tempfile.mkdtemp(prefix="idc_bench_tta_")
     try:
         if FLAGS.model:
@@ -88,7 +93,7 @@ def main(argv) -> None:
                 run()
                 rates[name].append(len(images) / (time.perf_counter() - start))
         report = BenchmarkReport("tta", FLAGS.output_dir, config={
-            "model": source, "num_images": len(images), "batch_size": FLAGS.batch_size,
+            "quick": FLAGS.quick, "model": source, "num_images": len(images), "batch_size": FLAGS.batch_size,
             "repeats": FLAGS.repeats, "cores": len(os.sched_getaffinity(0))})
         median = {name: statistics.median(values) for name, values in rates.items()}
         for name, values in rates.items():

@@ -8,8 +8,9 @@ patients into shards -> decode and write the shards in parallel worker processes
 folder) -> commit: the staging folder becomes `shards-<id>/`, then `manifest.json` is replaced
 atomically, then the previous conversion's files are removed (commit_conversion). At every
 instant the output directory holds one complete conversion, the previous one or the new one; a
-first run stopped at any point leaves no manifest, so nothing that looks complete. Record schema:
-idc_engine/data/records.py; manifest layout: idc_engine/data/manifest.py.
+first run stopped at any point leaves no manifest, so nothing that looks complete. A second
+conversion into a folder another one is writing into is refused (staging.conversion_lock).
+Record schema: idc_engine/data/records.py; manifest layout: idc_engine/data/manifest.py.
 """
 
 import dataclasses

@@ -6,7 +6,7 @@
 What it does, in order:
   1. loads the served model, `model_dir/export/saved_model` (uint8 patches -> IDC probability:
      exactly what users deploy);
-  2. chooses the decision threshold on --threshold_split (val; test is refused) by --threshold
+  2. chooses the decision threshold on --threshold_split (val; test and train are refused) by --threshold
      (max_f1, youden, recall:R, specificity:S or a number) and writes it to
      `model_dir/export/threshold.json`, which python -m idc_engine.predict applies; the
      evaluated split's labels are never read before the threshold is fixed;

@@ -1,10 +1,9 @@
-"""benchmarks.train_step's plumbing (settings, parsing the runs' output) and the Keras fit
-baseline for a handful of steps. No timing assertions: the machine is shared."""
+"""benchmarks.train_step's plumbing: settings, parsing the runs' output, pairing ratios. The whole
+command, fit and the graphs read back from every run: tests/test_benchmarks_quick.py. No timing
+assertions: the machine is shared."""
 
 import json
-import logging
 import os
-import subprocess
 import sys
 
 import pytest
@@ -88,42 +87,6 @@ def test_window_rates_drop_the_first_window():
     # windows of 2 steps of batch 10: the first (tracing) lasts 5 s, the next two 1 s and 2 s
     ends = [4.0, 5.0, 5.5, 6.0, 7.0, 8.0]
     assert keras_fit_baseline.window_rates(ends, 2, 10, start_time=0.0) == [20.0, 10.0]
-
-
-def test_keras_fit_baseline_prints_a_rate_and_its_fused_graph(converted):
-    data_dir, _ = converted
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.keras_fit_baseline", f"--data_dir={data_dir}",
-         "--global_batch_size=32", "--window_steps=2", "--timed_windows=2", "--fused_batchnorm"],
-        capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = train_step.last_json_object(result.stdout)
-    assert summary["images_per_sec"] > 0
-    assert len(summary["window_rates"]) == 2 and summary["steps"] == 6
-    # CancerNet (idc_engine/models/cancernet.py): 1,235,133 parameters, 7 BatchNorm layers
-    assert summary["graph"] == {"parameters": 1235133, "batchnorm_layers": 7,
-                                "fused_batchnorm_layers": 7}
-
-
-@pytest.mark.parametrize("fused", [False, True])
-def test_engine_and_fit_report_the_same_graph(converted, tmp_path, caplog, fused):
-    """The graph read back from a real engine run (checkpoint and log) equals the one fit
-    trains with the same BatchNorm choice; fused and unfused differ only in the fused count."""
-    from idc_engine.training import loop
-    from idc_engine.training.config import TrainConfig
-
-    data_dir, _ = converted
-    caplog.set_level(logging.INFO)
-    loop.train(TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "run"), train_steps=2,
-                           steps_per_loop=1, global_batch_size=16, input_mode="device",
-                           augment="none", strategy="default", export=False,
-                           fused_batchnorm=fused))
-    engine = train_step.engine_graph(str(tmp_path / "run"), caplog.text)
-    fit = keras_fit_baseline.run_fit(data_dir, "cancernet", 16, window_steps=1, timed_windows=1,
-                                     fused_batchnorm=fused)["graph"]
-    assert engine == fit
-    assert engine == {"parameters": 1235133, "batchnorm_layers": 7,
-                      "fused_batchnorm_layers": 7 if fused else 0}
 
 
 def test_a_ratio_between_different_graphs_is_not_reported():

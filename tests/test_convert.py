@@ -713,3 +713,48 @@ def test_read_ahead_keeps_a_window_ahead_of_the_decoder(monkeypatch):
     finally:
         read_ahead.stop()
     assert not read_ahead.thread.is_alive() and len(advised) == 74
+
+
+# --- one conversion at a time into a folder ------------------------------------------------
+
+def test_a_second_conversion_into_a_folder_being_written_is_refused(idc_tree, tmp_path):
+    """A real conversion is stopped (SIGSTOP) once its staging folder fills, so it holds the
+    folder's lock for as long as the test needs; a second converter into that folder, with
+    --overwrite or without, is refused naming it and touches nothing. The first then completes
+    and verifies; after it, a conversion with --overwrite goes through (the lock was released)."""
+    root, _ = idc_tree
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "idc_engine.convert", f"--input_dir={root}",
+                              f"--output_dir={out}", "--num_workers=1", "--noprogress"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and first.poll() is None:
+            staging_dirs = [e for e in os.listdir(out) if e.startswith(staging.STAGING_PREFIX)] \
+                if out.is_dir() else []
+            if any(os.listdir(out / e) for e in staging_dirs):
+                break
+            time.sleep(0.001)
+        first.send_signal(signal.SIGSTOP)
+        assert first.poll() is None, "the first conversion finished before it could be paused"
+        before = {e: sorted(os.listdir(out / e)) for e in os.listdir(out) if (out / e).is_dir()}
+        for extra in ([], ["--overwrite"]):
+            second = _cli(f"--input_dir={root}", f"--output_dir={out}", *extra)
+            assert second.returncode == 2, second.stderr
+            assert (f"error: --output_dir {str(out)!r}: another conversion is running into this "
+                    "folder") in second.stderr
+            assert "Traceback" not in second.stderr
+            assert {e: sorted(os.listdir(out / e)) for e in os.listdir(out)
+                    if (out / e).is_dir()} == before  # its staging untouched
+    finally:
+        first.send_signal(signal.SIGCONT)
+        stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    manifest = load_manifest(str(out))
+    assert sorted(os.listdir(out)) == [MANIFEST_NAME, _shard_dir(manifest)]  # lock file gone
+    assert verify.verify_conversion(str(out)) == []
+
+    again = _cli(f"--input_dir={root}", f"--output_dir={out}", "--overwrite", "--num_workers=1")
+    assert again.returncode == 0, again.stderr
+    assert verify.verify_conversion(str(out)) == []
+    assert _shard_dir(load_manifest(str(out))) != _shard_dir(manifest)

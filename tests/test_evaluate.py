@@ -484,6 +484,7 @@ def test_other_threshold_rules_are_applied_unchanged_to_the_test_split(trained, 
     ({"threshold_split": "holdout"}, ManifestError, "split 'holdout' is not in"),
     ({"threshold": "best"}, EvaluationError, "--threshold"),
     ({"threshold_split": "test"}, EvaluationError, "--threshold_split=test is refused"),
+    ({"threshold_split": "train"}, EvaluationError, "--threshold_split=train is refused"),
     ({"slides": "99999,88888"}, EvaluationError, "patients 99999, 88888 are not in this split"),
     ({"bootstrap": -1}, EvaluationError, "--bootstrap"),
 ])
@@ -504,6 +505,21 @@ def test_the_threshold_is_never_chosen_on_the_test_split(tmp_path, split, thresh
                             split=split, threshold=threshold, threshold_split="test")
     with pytest.raises(EvaluationError, match="--threshold_split=test is refused: the test "
                                               "split must stay unseen.*choose it on val"):
+        config.validate()
+
+
+@pytest.mark.parametrize("split", ["test", "val"])
+@pytest.mark.parametrize("threshold", ["max_f1", "0.5"])
+def test_the_threshold_is_never_chosen_on_the_training_split(tmp_path, split, threshold):
+    """Nor on the patients the model was fitted to; val (the default) passes this check (the
+    run directory is what stops it here: the negative control)."""
+    config = EvaluateConfig(model_dir=str(tmp_path / "nowhere"), data_dir=str(tmp_path),
+                            split=split, threshold=threshold, threshold_split="train")
+    with pytest.raises(EvaluationError, match="--threshold_split=train is refused: the model was "
+                                              "fitted to the training patients.*choose it on val"):
+        config.validate()
+    config.threshold_split = "val"
+    with pytest.raises(EvaluationError, match="--model_dir .*nowhere' does not exist"):
         config.validate()
 
 

@@ -43,18 +43,23 @@ def check_arguments(input_dir: str, output_dir: str, image_encoding: str, num_sh
         raise ConversionError("--output_dir must differ from --input_dir")
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
-    """Creates `output_dir`, or checks that it is empty (or that --overwrite says to replace it)."""
+def create_output_dir(output_dir: str) -> None:
+    """Creates `output_dir` if it does not exist (its lock file goes in it)."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ConversionError(f"--output_dir {output_dir!r} exists and is not a directory")
-    entries = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    os.makedirs(output_dir, exist_ok=True)
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Checks that `output_dir` is empty but for its lock file, or that --overwrite says to
+    replace what it holds."""
+    entries = [e for e in os.listdir(output_dir) if e != staging.LOCK_NAME]
     if entries and not overwrite:
         what = ("a previous conversion" if manifest_lib.MANIFEST_NAME in entries
                 else "an interrupted conversion" if all(map(staging.is_converter_entry, entries))
                 else f"{len(entries)} entries")
         raise ConversionError(f"--output_dir {output_dir!r} is not empty (it holds {what}); "
                               "pass --overwrite to replace it, or choose another directory")
-    os.makedirs(output_dir, exist_ok=True)
 
 
 # --- planning ------------------------------------------------------------------------------
@@ -168,36 +173,39 @@ def convert_tree(input_dir: str, output_dir: str, *, split: str = "patients",
     """Converts `input_dir` into shards and a manifest in `output_dir`; returns the manifest.
 
     The keywords are python -m idc_engine.convert's flags. Raises ConversionError naming the
-    flag or file at fault; nothing that looks complete is written then.
+    flag or file at fault, staging.ConversionRunning if another conversion is writing into
+    `output_dir`; nothing that looks complete is written then.
     """
     check_arguments(input_dir, output_dir, image_encoding, num_shards, min_shards, shard_size_mb)
-    prepare_output_dir(output_dir, overwrite)
-    start = time.perf_counter()
-    workers = max(1, num_workers or len(os.sched_getaffinity(0)))
-    pool = worker_pool.start_workers(workers)  # they start while this process begins the scan
-    workers = workers if pool is not None else 1
-    try:
-        listing, patient_split, settings = scan_and_split(
-            input_dir, pool, split, split_file, val_fraction, test_fraction, seed, folds,
-            kfold_test)
-        conversion_id, staging_dir = new_staging_dir(output_dir)
-        tasks = plan_shards(listing, patient_split.assignment, staging_dir, input_dir, num_shards,
-                            shard_size_mb, min_shards, image_encoding, seed)
-        total = sum(len(t.patches) for t in tasks)
-        bar = worker_pool.Progress(total, progress)
-        results = worker_pool.run_tasks(tasks, pool, bar)
-        bar.show(total, final=True)
-    except concurrent.futures.process.BrokenProcessPool as e:
-        raise ConversionError(_WORKER_DIED) from e
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    create_output_dir(output_dir)
+    with staging.conversion_lock(output_dir):  # held until the commit is done
+        check_output_dir(output_dir, overwrite)
+        start = time.perf_counter()
+        workers = max(1, num_workers or len(os.sched_getaffinity(0)))
+        pool = worker_pool.start_workers(workers)  # they start while this process begins the scan
+        workers = workers if pool is not None else 1
+        try:
+            listing, patient_split, settings = scan_and_split(
+                input_dir, pool, split, split_file, val_fraction, test_fraction, seed, folds,
+                kfold_test)
+            conversion_id, staging_dir = new_staging_dir(output_dir)
+            tasks = plan_shards(listing, patient_split.assignment, staging_dir, input_dir, num_shards,
+                                shard_size_mb, min_shards, image_encoding, seed)
+            total = sum(len(t.patches) for t in tasks)
+            bar = worker_pool.Progress(total, progress)
+            results = worker_pool.run_tasks(tasks, pool, bar)
+            bar.show(total, final=True)
+        except concurrent.futures.process.BrokenProcessPool as e:
+            raise ConversionError(_WORKER_DIED) from e
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
 
-    shard_dir = staging.SHARD_DIR_PREFIX + conversion_id
-    manifest = build_manifest(listing, patient_split, settings, results, input_dir,
-                              image_encoding, shard_dir)
-    staging.commit_conversion(output_dir, staging_dir, shard_dir, manifest)
-    seconds = time.perf_counter() - start
-    manifest["conversion"] = {"seconds": seconds, "num_workers": workers,
-                              "patches_per_s": total / seconds}
-    return manifest
+        shard_dir = staging.SHARD_DIR_PREFIX + conversion_id
+        manifest = build_manifest(listing, patient_split, settings, results, input_dir,
+                                  image_encoding, shard_dir)
+        staging.commit_conversion(output_dir, staging_dir, shard_dir, manifest)
+        seconds = time.perf_counter() - start
+        manifest["conversion"] = {"seconds": seconds, "num_workers": workers,
+                                  "patches_per_s": total / seconds}
+        return manifest

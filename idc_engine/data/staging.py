@@ -6,18 +6,26 @@ all are written; id: 8 hex digits, new for each conversion (`new_conversion_id`)
 (`commit_conversion`). At every instant the output directory holds one complete conversion, the
 previous one or the new one; a first run stopped at any point leaves no manifest, so nothing that
 looks complete. Entries the converter does not write (the user's files) are never touched.
+
+One conversion at a time writes into an output directory: it holds an exclusive flock on
+`LOCK_NAME` inside it from before its first check of the folder to after its commit
+(`conversion_lock`), and a second conversion into that folder is refused at once.
 """
 
+import contextlib
+import errno
+import fcntl
 import os
 import re
 import secrets
 import shutil
 
-from idc_engine import atomic_files
+from idc_engine import atomic_files, errors
 from idc_engine.data import manifest as manifest_lib
 
 STAGING_PREFIX = ".convert-staging-"
 SHARD_DIR_PREFIX = "shards-"
+LOCK_NAME = ".convert.lock"
 _SHARD_DIR = re.compile(re.escape(SHARD_DIR_PREFIX) + "[0-9a-f]{8}")
 # shards directly in the output directory: what converters before shard folders wrote
 _TOP_LEVEL_SHARD = re.compile(r"(train|val|test)-\d{5}-of-\d{5}\.tfrecord")
@@ -25,7 +33,7 @@ _TOP_LEVEL_SHARD = re.compile(r"(train|val|test)-\d{5}-of-\d{5}\.tfrecord")
 
 def is_converter_entry(name: str) -> bool:
     """Whether a top-level entry of an output directory has a name the converter writes."""
-    return (name in (manifest_lib.MANIFEST_NAME, manifest_lib.MANIFEST_TEMPORARY_NAME)
+    return (name in (manifest_lib.MANIFEST_NAME, manifest_lib.MANIFEST_TEMPORARY_NAME, LOCK_NAME)
             or name.startswith(STAGING_PREFIX) or bool(_SHARD_DIR.fullmatch(name))
             or bool(_TOP_LEVEL_SHARD.fullmatch(name)))
 
@@ -33,11 +41,53 @@ def is_converter_entry(name: str) -> bool:
 def leftovers(output_dir: str, manifest: dict) -> list[str]:
     """Sorted top-level entries of `output_dir` that the converter writes but `manifest` does not
     use: staging and shard folders or shards of earlier and interrupted conversions, a temporary
-    manifest. Other files (the user's) are never among them."""
-    used = {manifest_lib.MANIFEST_NAME}
+    manifest. Other files (the user's) are never among them, nor the lock file (a running
+    conversion's, or one a killed conversion left: the next conversion takes it over)."""
+    used = {manifest_lib.MANIFEST_NAME, LOCK_NAME}
     used |= {path.split("/")[0] for info in manifest.get("splits", {}).values()
              for path in info.get("files", [])}
     return sorted(e for e in os.listdir(output_dir) if is_converter_entry(e) and e not in used)
+
+
+class ConversionRunning(errors.EngineError, RuntimeError):
+    """Another conversion holds the output directory's lock."""
+
+
+@contextlib.contextmanager
+def conversion_lock(output_dir: str):
+    """Holds the exclusive lock of `output_dir` (which must exist) for the `with` block, or raises
+    ConversionRunning at once if another conversion holds it. The lock file is removed on the
+    way out, while still locked: a process that opened it meanwhile finds, once it gets the
+    lock, that the path no longer names the file it locked, and starts again on a new one."""
+    path = os.path.join(output_dir, LOCK_NAME)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise ConversionRunning(
+                f"--output_dir {output_dir!r}: another conversion is running into this folder "
+                f"(it holds {path!r}); wait for it to end, or choose another directory") from None
+        if _names_the_same_file(path, fd):
+            break
+        os.close(fd)  # locked a file its holder removed on its way out: take the new one
+    try:
+        yield
+    finally:
+        os.remove(path)
+        os.close(fd)
+
+
+def _names_the_same_file(path: str, fd: int) -> bool:
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def new_conversion_id(output_dir: str) -> str:

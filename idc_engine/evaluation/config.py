@@ -32,9 +32,10 @@ class EvaluateConfig:
                                 "best IDC F1; youden: best sensitivity + specificity - 1; "
                                 "recall:0.90: the highest threshold with IDC sensitivity >= 0.90; "
                                 "specificity:0.95: the lowest with IDC specificity >= 0.95.")
-    threshold_split: str = cli.option("val", "The split the threshold is chosen on: val, or "
-                                      "train; test is refused (a threshold chosen on the test "
-                                      "labels makes every test figure optimistic).")
+    threshold_split: str = cli.option("val", "The split the threshold is chosen on: val. test "
+                                      "and train are refused (a threshold chosen on the test "
+                                      "labels, or on the patients the model was fitted to, "
+                                      "makes every figure optimistic).")
     bootstrap: int = cli.option(1000, "Bootstrap replicates over patients for the 95% confidence "
                                 "intervals (0: none).")
     seed: int = cli.option(0, "Seed of the bootstrap: the same seed gives the same intervals.")
@@ -82,6 +83,11 @@ class EvaluateConfig:
              "--threshold_split=test is refused: the test split must stay unseen until it is "
              "scored, and a threshold chosen on its labels makes every test figure optimistic; "
              "choose it on val (the default)")
+        need(self.threshold_split != "train",
+             "--threshold_split=train is refused: the model was fitted to the training "
+             "patients, so its probabilities there are more confident and more often right than "
+             "on patients it has not seen, and a threshold chosen on them flatters every "
+             "figure; choose it on val (the default), held out from training")
         need(self.model_dir, "--model_dir is required: a directory written by "
              "python -m idc_engine.train")
         need(os.path.isdir(self.model_dir), f"--model_dir {self.model_dir!r} does not exist")

@@ -1,0 +1,180 @@
+"""Every benchmark's --quick (benchmarks/quick.py) as a real subprocess: its whole default command
+at tiny sizes, on data the current converter made, so a change of format or API that breaks a
+default command fails here. Each must write its JSON and TensorBoard with every figure it
+reports, finite and positive (zero allowed only for a difference). No timing comparisons: the
+machine is shared."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from idc_engine.data import conversion
+
+# benchmarks/ is a folder of the repository, not part of the installed package
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from benchmarks import train_step  # noqa: E402
+
+CANCERNET_GRAPH = {"parameters": 1235133, "batchnorm_layers": 7}  # models/cancernet.py
+
+
+def run_quick(name: str, tmp_path, *extra_flags: str) -> dict:
+    """Runs `python -m benchmarks.<name> --quick`; returns its JSON report."""
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick", f"--output_dir={out}",
+         *extra_flags], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / f"{name}.json").read_text())
+    assert report["benchmark"] == name and report["config"]["quick"] is True
+    assert os.listdir(out / "tensorboard" / name)
+    return report
+
+
+def check_figures(results: dict, expected: list[str], differences: tuple[str, ...] = ()) -> None:
+    """Every expected figure is there; every figure is finite and > 0 (>= 0 for differences)."""
+    assert sorted(set(expected) - set(results)) == []
+    for key, value in results.items():
+        assert math.isfinite(value), key
+        assert value > 0 or (key in differences and value == 0), (key, value)
+
+
+def test_convert_quick_reports_every_rate_and_ratio_per_converted_patch(tmp_path):
+    work = tmp_path / "work"
+    report = run_quick("convert", tmp_path, f"--work_dir={work}")
+    results, config = report["results"], report["config"]
+    workers = config["num_workers"]
+    rates = ["decode_single_process_patches_per_s", f"decode_{workers}_processes_patches_per_s",
+             "plain_pil_decode_single_process_patches_per_s", "convert_patches_per_s",
+             "convert_1_worker_patches_per_s", "convert_cold_input_patches_per_s",
+             "plain_pil_decode_cold_input_patches_per_s"]
+    ratios = ["convert_1_worker_vs_decode", "convert_vs_ideal_workers_x_decode",
+              "convert_vs_ideal_median_of_paired_repeats", "convert_vs_workers_x_plain_pil",
+              "parallel_decode_vs_ideal", "convert_vs_parallel_decode", "convert_cold_vs_warm_input"]
+    check_figures(results, rates + ratios + ["num_workers"])
+    for name in rates:
+        assert len(report["details"][name]["all"]) == config["repeats"] == 1, name
+    assert isinstance(config["input_evictable"], bool)
+
+    # Every rate divides by num_patches: it must be what the tree holds and what a conversion of
+    # it writes. The generated tree (no quirks) is left in --work_dir; count it independently.
+    tree = work / "tree"
+    png_files = [name for _, _, names in os.walk(tree) for name in names if name.endswith(".png")]
+    assert config["num_png_files"] == len(png_files) > 100
+    assert config["num_patches"] == len(png_files)
+    manifest = conversion.convert_tree(str(tree), str(tmp_path / "check"), num_workers=1,
+                                       progress=False)
+    assert sum(s["num_examples"] for s in manifest["splits"].values()) == config["num_patches"]
+    # the benchmark's own conversions went into a scratch folder that is removed after each run
+    assert not os.path.exists(work / "tfrecords")
+
+
+@pytest.mark.slow
+def test_input_pipeline_default_flags_run_on_a_fresh_conversion(idc_tree, converted, tmp_path):
+    """Default flags but --quick's sizes, on the shared quirky tree and its conversion (shards
+    under shards-<id>/): the timed pipelines, the PNG shards, the baseline and the resident
+    footprint's three fresh processes, the training run on the train split alone included."""
+    root, _ = idc_tree
+    data_dir, manifest = converted
+    report = run_quick("input_pipeline", tmp_path, f"--data_dir={data_dir}", f"--png_dir={root}")
+    pipelines = ["engine_img_per_s", "engine_cache_img_per_s", "device_resident_img_per_s",
+                 "raw_read_sequential_img_per_s", "raw_read_parallel_img_per_s",
+                 "raw_read_img_per_s", "engine_png_img_per_s", "baseline_img_per_s"]
+    ratios = ["png_vs_raw_shards", "engine_vs_raw_read", "cache_vs_engine",
+              "device_resident_vs_engine", "engine_vs_baseline"]
+    footprint = [f"resident_{key}" for key in (
+        "split_num_examples", "split_image_mb", "tensorflow_floor_peak_mb", "sampler_peak_mb",
+        "sampler_peak_vs_split", "sampler_seconds_to_sampler", "sampler_seconds_to_first_batch",
+        "train_peak_mb", "train_peak_vs_split", "train_seconds_to_first_step",
+        "train_wall_seconds")]
+    check_figures(report["results"], pipelines + ratios + footprint)
+    train_examples = manifest["splits"]["train"]["num_examples"]
+    assert report["config"]["num_examples"] == train_examples
+    assert report["results"]["resident_split_num_examples"] == train_examples
+    assert report["config"]["baseline_num_files"] == train_examples
+
+
+@pytest.mark.slow
+def test_train_step_quick_runs_every_setting_and_fit_on_one_graph(tmp_path):
+    """Every default setting and both fit baselines train (each its own process) and report a
+    rate, every pair a ratio; each pair's graph is read back from both runs: CancerNet's, fused
+    where the setting fuses BatchNorm."""
+    report = run_quick("train_step", tmp_path)
+    results, details = report["results"], report["details"]
+    num_gpus = len(report["config"]["gpus"])
+    settings = train_step.default_setting_names(num_gpus)
+    rates = (["engine_img_per_s", "keras_fit_img_per_s", "keras_fit_fused_img_per_s"]
+             + [f"engine_{name}_img_per_s" for name in settings])
+    ratios = [key for key, _, _ in train_step.PAIRS] + [
+        f"engine_{name}_vs_reference" for name in settings if name != "unfused"]
+    modes = ("stream", "cache", "device")
+    pipelines = [f"pipeline_{mode}_img_per_s" for mode in modes] + [f"headroom_{mode}"
+                                                                      for mode in modes]
+    check_figures(results, rates + ratios + [f"{key}_of_medians" for key in ratios] + pipelines)
+    for key in rates:
+        fused = 0 if key in ("engine_unfused_img_per_s", "keras_fit_img_per_s") else 7
+        assert details[key]["graph"] == {**CANCERNET_GRAPH, "fused_batchnorm_layers": fused}, key
+
+
+def test_inference_quick_times_every_path_on_an_untrained_export(tmp_path):
+    report = run_quick("inference", tmp_path)
+    sizes = report["config"]["batch_sizes"]
+    assert len(sizes) == 2
+    paths = [f"{path}_b{size}_images_per_s" for size in sizes
+             for path in ("saved_model", "keras_function", "keras_predict")]
+    check_figures(report["results"], paths + [
+        "predict_files_png_b256_images_per_s", "png_decode_only_images_per_s",
+        "max_abs_diff_saved_model_vs_keras"] + [
+        f"saved_model_vs_keras_function_b{size}" for size in sizes],
+        differences=("max_abs_diff_saved_model_vs_keras",))
+    assert report["config"]["model"].startswith("untrained CancerNet")
+
+
+def test_tta_quick_times_every_path_on_an_untrained_export(tmp_path):
+    report = run_quick("tta", tmp_path)
+    check_figures(report["results"], [
+        "none_images_per_s", "d4_one_call_images_per_s", "d4_8_calls_images_per_s",
+        "cost_none_over_d4_one_call", "d4_one_call_over_8_calls"])
+    assert report["config"]["model"] == "untrained CancerNet"
+
+
+@pytest.mark.slow
+def test_stain_quick_times_the_ops_the_references_and_the_training_step(tmp_path):
+    report = run_quick("stain", tmp_path)
+    results, skipped = report["results"], report["config"]["skipped"]
+    expected = ["step_none_img_per_s"]
+    for method in ("reinhard", "macenko"):
+        expected += [f"engine_{method}_{kind}_img_per_s" for kind in ("graph", "xla", "xla_2_streams")]
+        expected += [f"torchstain_numpy_{method}_img_per_s", f"step_{method}_img_per_s",
+                     f"engine_{method}_vs_fastest_reference",
+                     f"engine_{method}_2_streams_vs_fastest_reference", f"step_{method}_vs_none"]
+        # torchstain's TensorFlow normaliser: timed, or skipped with its reason in the JSON
+        assert (f"torchstain_tf_{method}_img_per_s" in results
+                or f"torchstain_tf_{method}" in skipped or "torchstain_tf" in skipped)
+    check_figures(results, expected)
+
+
+@pytest.mark.slow
+def test_slide_inference_quick_reports_every_phase_and_the_peak_memory(tmp_path):
+    report = run_quick("slide_inference", tmp_path)
+    check_figures(report["results"], [
+        "engine_end_to_end_tiles_per_s", "read_alone_tiles_per_s", "model_alone_tiles_per_s",
+        "engine_streaming_tiles_per_s", "plain_loop_tiles_per_s",
+        "end_to_end_vs_slower_of_read_and_model", "end_to_end_vs_plain_loop",
+        "shared_cores_ceiling_tiles_per_s", "shared_cores_ceiling_vs_slower_of_read_and_model",
+        "end_to_end_vs_shared_cores_ceiling", "model_alone_vs_plain_loop",
+        "peak_rss_mb_cli_slide", "peak_rss_mb_cli_quarter_slide"])
+    assert report["config"]["tissue_tiles"] > 0
+
+
+@pytest.mark.slow
+def test_stain_shift_quick_trains_and_evaluates_every_setting(tmp_path):
+    report = run_quick("stain_shift", tmp_path, f"--work_dir={tmp_path / 'work'}")
+    settings = ["none", "macenko", "reinhard", "none+stain_augment"]
+    check_figures(report["results"], [f"{setting}_{split}_roc_auc" for setting in settings
+                                      for split in ("test", "val")])
+    assert all(value <= 1 for value in report["results"].values())
