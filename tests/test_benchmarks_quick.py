@@ -10,8 +10,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from idc_engine.data import conversion
 
 # benchmarks/ is a folder of the repository, not part of the installed package
@@ -73,7 +71,6 @@ def test_convert_quick_reports_every_rate_and_ratio_per_converted_patch(tmp_path
     assert not os.path.exists(work / "tfrecords")
 
 
-@pytest.mark.slow
 def test_input_pipeline_default_flags_run_on_a_fresh_conversion(idc_tree, converted, tmp_path):
     """Default flags but --quick's sizes, on the shared quirky tree and its conversion (shards
     under shards-<id>/): the timed pipelines, the PNG shards, the baseline and the resident
@@ -98,19 +95,17 @@ def test_input_pipeline_default_flags_run_on_a_fresh_conversion(idc_tree, conver
     assert report["config"]["baseline_num_files"] == train_examples
 
 
-@pytest.mark.slow
-def test_train_step_quick_runs_every_setting_and_fit_on_one_graph(tmp_path):
-    """Every default setting and both fit baselines train (each its own process) and report a
-    rate, every pair a ratio; each pair's graph is read back from both runs: CancerNet's, fused
-    where the setting fuses BatchNorm."""
-    report = run_quick("train_step", tmp_path)
+def test_train_step_quick_runs_the_engine_and_fit_on_one_graph(tmp_path):
+    """The reference, one engine setting and both fit baselines train (each its own process) and
+    report a rate, every pair a ratio; each run's graph is read back: CancerNet's, fused where
+    the setting fuses BatchNorm. The other default settings are the reference with other
+    idc_engine.train flags (tested in tests/test_train.py), through this same code: `--quick`
+    alone runs them all, here one (each is a TensorFlow start and a training)."""
+    report = run_quick("train_step", tmp_path, "--settings=unfused")
     results, details = report["results"], report["details"]
-    num_gpus = len(report["config"]["gpus"])
-    settings = train_step.default_setting_names(num_gpus)
-    rates = (["engine_img_per_s", "keras_fit_img_per_s", "keras_fit_fused_img_per_s"]
-             + [f"engine_{name}_img_per_s" for name in settings])
-    ratios = [key for key, _, _ in train_step.PAIRS] + [
-        f"engine_{name}_vs_reference" for name in settings if name != "unfused"]
+    rates = ["engine_img_per_s", "keras_fit_img_per_s", "keras_fit_fused_img_per_s",
+             "engine_unfused_img_per_s"]
+    ratios = [key for key, _, _ in train_step.PAIRS]
     modes = ("stream", "cache", "device")
     pipelines = [f"pipeline_{mode}_img_per_s" for mode in modes] + [f"headroom_{mode}"
                                                                       for mode in modes]
@@ -142,7 +137,6 @@ def test_tta_quick_times_every_path_on_an_untrained_export(tmp_path):
     assert report["config"]["model"] == "untrained CancerNet"
 
 
-@pytest.mark.slow
 def test_stain_quick_times_the_ops_the_references_and_the_training_step(tmp_path):
     report = run_quick("stain", tmp_path)
     results, skipped = report["results"], report["config"]["skipped"]
@@ -158,7 +152,6 @@ def test_stain_quick_times_the_ops_the_references_and_the_training_step(tmp_path
     check_figures(results, expected)
 
 
-@pytest.mark.slow
 def test_slide_inference_quick_reports_every_phase_and_the_peak_memory(tmp_path):
     report = run_quick("slide_inference", tmp_path)
     check_figures(report["results"], [
@@ -171,10 +164,10 @@ def test_slide_inference_quick_reports_every_phase_and_the_peak_memory(tmp_path)
     assert report["config"]["tissue_tiles"] > 0
 
 
-@pytest.mark.slow
-def test_stain_shift_quick_trains_and_evaluates_every_setting(tmp_path):
-    report = run_quick("stain_shift", tmp_path, f"--work_dir={tmp_path / 'work'}")
-    settings = ["none", "macenko", "reinhard", "none+stain_augment"]
-    check_figures(report["results"], [f"{setting}_{split}_roc_auc" for setting in settings
-                                      for split in ("test", "val")])
+def test_stain_shift_quick_fits_the_target_trains_and_evaluates(tmp_path):
+    """One setting (macenko: the stain target's fit, a training and an evaluation); the others
+    run the same code with other --stain_normalization/--augment flags (tests/test_stain.py)."""
+    report = run_quick("stain_shift", tmp_path, f"--work_dir={tmp_path / 'work'}",
+                       "--settings=macenko")
+    check_figures(report["results"], [f"macenko_{split}_roc_auc" for split in ("test", "val")])
     assert all(value <= 1 for value in report["results"].values())
