@@ -32,6 +32,10 @@ benchmarks: setup
 	$(PY) -m benchmarks.input_pipeline $(BENCHMARK_FLAGS)
 	$(PY) -m benchmarks.train_step $(BENCHMARK_FLAGS)
 	$(PY) -m benchmarks.inference $(BENCHMARK_FLAGS)
+	$(PY) -m benchmarks.tta $(BENCHMARK_FLAGS)
+	$(PY) -m benchmarks.stain $(BENCHMARK_FLAGS)
+	$(PY) -m benchmarks.stain_shift $(BENCHMARK_FLAGS)
+	$(PY) -m benchmarks.slide_inference $(BENCHMARK_FLAGS)
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info
