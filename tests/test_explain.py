@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import quality_bounds
 from conftest import TF_STARTUP_LINES, read_records, shard_paths
 from PIL import Image
 
@@ -31,7 +30,7 @@ def val_patches(converted):
 
 
 def test_grad_cam_heatmaps_are_patch_sized_in_range_and_not_constant(explainer, val_patches):
-    images, labels = val_patches
+    images, _ = val_patches
     probabilities = explainer.probabilities(images)
     # the patches the model calls IDC most confidently: their IDC evidence is somewhere
     chosen = np.argsort(-probabilities)[:8]
@@ -46,14 +45,17 @@ def test_grad_cam_heatmaps_are_patch_sized_in_range_and_not_constant(explainer, 
     assert (spread[peaks > 0] > 0.02).all()  # a map, not a constant
     np.testing.assert_allclose(explainer.served_probability(cam.probabilities),
                                probabilities[chosen], rtol=1e-5, atol=1e-6)
-    # the model learnt something: mostly true IDC (5x the spread of tools/suite_spread.sh)
-    quality_bounds.at_least("explain: true IDC among the 8 most confident", labels[chosen].mean(),
-                            0.5)
+    # Whether these patches are truly IDC is the model's quality, not Grad-CAM's: over seeds,
+    # thread counts and oneDNN variants 6 or 7 of the 8 were (tools/suite_spread.sh), a spread
+    # whose 5x reaches chance; tests/test_evaluate.py bounds the model's test ROC-AUC instead.
 
-    # non-IDC evidence is another map
+    # non-IDC evidence is the other side of the same map: the score is the log-odds, whose
+    # gradient for class 0 is minus class 1's, so the two maps are the positive and negative
+    # parts of one sum of weighted features (never both > 0 in one cell)
     other = gradcam.grad_cam(explainer.model, explainer.inputs(images[chosen]), target_class=0)
     np.testing.assert_allclose(other.probabilities, 1 - cam.probabilities, atol=1e-5)
     assert not np.allclose(other.raw, cam.raw)
+    assert np.all(np.minimum(other.raw, cam.raw) <= 1e-6 * cam.raw.max())
 
 
 def test_keras_probabilities_agree_with_the_saved_model(trained_model_dir, explainer,
