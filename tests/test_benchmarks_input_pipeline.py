@@ -113,8 +113,9 @@ def _write_train_split(root: str, num_records: int) -> int:
 
 def test_resident_sampler_holds_the_split_about_once_in_host_memory(tmp_path):
     """Reading a 172 MB split, placing it and drawing a batch holds one copy of the split above
-    TensorFlow's own floor, plus at most 160 MB of transients (measured ~100: the XLA compile of
-    the index function, chunks in flight). Each further copy of the split would be 172 MB more
+    TensorFlow's own floor, plus at most 160 MB of transients (the XLA compile of the index
+    function, chunks in flight: 76-87 MB over the 20 settings of tools/suite_spread.sh, the
+    bound 6.2x that range above the worst). Each further copy of the split would be 172 MB more
     (reading into parts, packing and a variable's copy-on-read gather made four)."""
     split_bytes = _write_train_split(str(tmp_path / "data"), 24_000)
     python = sys.executable

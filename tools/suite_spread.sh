@@ -8,6 +8,8 @@
 #   tools/suite_spread.sh [OUT_DIR]          # the matrix below; about 3 min a setting on 2 cores
 #   SEEDS="0 1" THREADS=1 ONEDNN=default XDIST=auto tools/suite_spread.sh OUT_DIR   # a subset
 #
+# A setting run again replaces its earlier values in OUT_DIR; the table covers every setting there.
+#
 # Every setting must pass (a failing one is listed); the table goes in BUILD.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,7 @@ TESTS=(tests/test_train.py::test_the_exported_model_in_inference_mode_agrees_wit
        tests/test_slides.py tests/test_tta.py tests/test_stain.py
        tests/test_benchmarks_input_pipeline.py::test_resident_sampler_holds_the_split_about_once_in_host_memory)
 mkdir -p "$OUT"
-: > "$OUT/runs.txt"
+touch "$OUT/runs.txt"  # one line per setting: a rerun of a setting replaces its line
 
 onednn_env() {
   case $1 in
@@ -40,10 +42,10 @@ run_setting() {  # seed threads onednn xdist
   env IDC_TEST_SEED="$1" IDC_TEST_THREADS="$2" IDC_BOUNDS_LOG="$OUT/$name.jsonl" $(onednn_env "$3") \
     "$PY" -m pytest -q -p no:cacheprovider -n "$4" "${TESTS[@]}" > "$OUT/$name.log" 2>&1
   status=$?
+  sed -i "/^$name /d" "$OUT/runs.txt"
   echo "$name status=$status seconds=$(( $(date +%s) - start ))" | tee -a "$OUT/runs.txt"
 }
 
-: > "$OUT/bounds.jsonl"
 for seed in $SEEDS; do
   for threads in $THREADS; do
     for onednn in $ONEDNN; do
