@@ -78,7 +78,9 @@ def test_training_calibrates_its_export_on_val_with_the_class_weight_shift(
     assert fitted["num_examples"] == manifest["splits"]["val"]["num_examples"]
     served = serving.ServedModel(run_dir.find_export(trained_model_dir).saved_model)
     val = serving.predict_split(served, data_dir, "val", 512)
-    p = val.idc_probability_uncalibrated.astype(np.float64)
+    # the fit's log-odds are of p clipped to [1e-7, 1 - 1e-7]: float32's softmax saturates at 0
+    # and 1, where a wrong patch would otherwise weigh infinitely
+    p = np.clip(val.idc_probability_uncalibrated.astype(np.float64), 1e-7, 1 - 1e-7)
     logit = np.log(p) - np.log1p(-p)
     at_t1 = _nll(val.labels, _sigmoid(logit - fitted["prior_shift"]))
     at_fit = _nll(val.labels, _sigmoid((logit - fitted["prior_shift"]) / fitted["temperature"]))

@@ -64,11 +64,13 @@ import glob, json, os, sys
 
 out = sys.argv[1]
 values = {}
-for path in sorted(glob.glob(os.path.join(out, "seed*.jsonl"))):
+# oldest first: a bound's limit is the latest run's (the tests' current value)
+for path in sorted(glob.glob(os.path.join(out, "seed*.jsonl")), key=os.path.getmtime):
     for line in open(path):
         row = json.loads(line)
-        values.setdefault(row["bound"], {"limit": row["limit"], "kind": row["kind"], "seen": []})
-        values[row["bound"]]["seen"].append(row["observed"])
+        entry = values.setdefault(row["bound"], {"seen": []})
+        entry.update(limit=row["limit"], kind=row["kind"])
+        entry["seen"].append(row["observed"])
 runs = open(os.path.join(out, "runs.txt")).read().splitlines()
 failed = [r for r in runs if "status=0" not in r]
 print(f"{len(runs)} settings, {len(failed)} failed" + "".join(f"\n  FAILED {r}" for r in failed))
