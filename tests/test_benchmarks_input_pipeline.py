@@ -113,9 +113,9 @@ def _write_train_split(root: str, num_records: int) -> int:
 
 def test_resident_sampler_holds_the_split_about_once_in_host_memory(tmp_path):
     """Reading a 172 MB split, placing it and drawing a batch holds one copy of the split above
-    TensorFlow's own floor, plus at most 160 MB of transients (the XLA compile of the index
-    function, chunks in flight: 76-87 MB over the 20 settings of tools/suite_spread.sh, the
-    bound 6.2x that range above the worst). Each further copy of the split would be 172 MB more
+    TensorFlow's own floor, plus at most 170 MB of transients (the XLA compile of the index
+    function, chunks in flight: 72-87 MB over the 20 settings of tools/suite_spread.sh, the
+    bound 5.4x that range above the worst). Each further copy of the split would be 172 MB more
     (reading into parts, packing and a variable's copy-on-read gather made four)."""
     split_bytes = _write_train_split(str(tmp_path / "data"), 24_000)
     python = sys.executable
@@ -127,4 +127,4 @@ def test_resident_sampler_holds_the_split_about_once_in_host_memory(tmp_path):
     above_floor = (sampler["peak_rss_mb"] - floor["peak_rss_mb"]) * 2**20
     assert split_bytes <= above_floor
     quality_bounds.at_most("resident: MB above the split and TensorFlow's floor",
-                           (above_floor - split_bytes) / 2**20, 160)
+                           (above_floor - split_bytes) / 2**20, 170)
