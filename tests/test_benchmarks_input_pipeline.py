@@ -115,7 +115,7 @@ def test_resident_sampler_holds_the_split_about_once_in_host_memory(tmp_path):
     """Reading a 172 MB split, placing it and drawing a batch holds one copy of the split above
     TensorFlow's own floor, plus at most 170 MB of transients (the XLA compile of the index
     function, chunks in flight: 72-87 MB over the 20 settings of tools/suite_spread.sh, the
-    bound 5.4x that range above the worst). Each further copy of the split would be 172 MB more
+    bound 5.6x that range above the worst). Each further copy of the split would be 172 MB more
     (reading into parts, packing and a variable's copy-on-read gather made four)."""
     split_bytes = _write_train_split(str(tmp_path / "data"), 24_000)
     python = sys.executable
