@@ -18,9 +18,10 @@ setup: $(STAMP)
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash tools/demo.sh
 
-# One worker per core (pytest-xdist); see tests/conftest.py for what the workers share.
+# One worker per core (pytest-xdist), idle workers taking queued tests from busy ones;
+# see tests/conftest.py for what the workers share and what is reproducible.
 test: setup
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 lint: setup
 	$(VENV)/bin/ruff check idc_engine tools benchmarks tests

@@ -25,8 +25,10 @@ import pytest
 
 # Before TensorFlow starts anywhere: in this process (tf.config.threading, pytest_configure) and
 # in every subprocess the tests start (the environment, which TensorFlow reads at start-up).
-# IDC_TEST_THREADS and IDC_TEST_SEED are for tools/suite_spread.sh; the suite's values are 1, 0.
-SUITE_THREADS = int(os.environ.get("IDC_TEST_THREADS", "1"))
+# Two threads whatever the cores (the same count on one core as on many): a worker whose partner
+# is idle still uses both cores of a 2-core CI machine. IDC_TEST_THREADS and IDC_TEST_SEED are
+# for tools/suite_spread.sh; the suite's values are 2 and 0.
+SUITE_THREADS = int(os.environ.get("IDC_TEST_THREADS", "2"))
 SUITE_SEED = int(os.environ.get("IDC_TEST_SEED", "0"))
 os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(SUITE_THREADS)
 
