@@ -1,21 +1,26 @@
 """Every benchmark's --quick (benchmarks/quick.py) as a real subprocess: its whole default command
 at tiny sizes, on data the current converter made, so a change of format or API that breaks a
 default command fails here. Each must write its JSON and TensorBoard with every figure it
-reports, finite and positive (zero allowed only for a difference). No timing comparisons: the
-machine is shared."""
+reports, finite and positive (zero allowed only for a difference), each figure in TensorBoard
+in the run and chart benchmarks/charts.py declares for it. No timing comparisons: the machine
+is shared."""
 
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+
+import benchmark_events
+import numpy as np
 
 from idc_engine.data import conversion
 
 # benchmarks/ is a folder of the repository, not part of the installed package
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from benchmarks import train_step  # noqa: E402
+from benchmarks import tensorboard_runs, train_step  # noqa: E402
 
 CANCERNET_GRAPH = {"parameters": 1235133, "batchnorm_layers": 7}  # models/cancernet.py
 
@@ -29,8 +34,28 @@ def run_quick(name: str, tmp_path, *extra_flags: str) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / f"{name}.json").read_text())
     assert report["benchmark"] == name and report["config"]["quick"] is True
-    assert os.listdir(out / "tensorboard" / name)
+    check_tensorboard(str(out / "tensorboard" / name), report)
     return report
+
+
+def check_tensorboard(benchmark_dir: str, report: dict) -> None:
+    """Read back: every figure once, at step 0, none undeclared (run `other`); each tag a
+    chart of the layout; each setting run with its HParams."""
+    runs = benchmark_events.setting_runs(benchmark_dir)
+    assert tensorboard_runs.OTHER_RUN not in runs, runs[tensorboard_runs.OTHER_RUN]
+    points = [point for scalars in runs.values() for series in scalars.values()
+              for point in series]
+    assert {step for step, _ in points} == {report["tensorboard"]["step"]} == {0}
+    assert sorted(value for _, value in points) == sorted(
+        float(np.float32(value)) for value in report["results"].values())
+    (layout,) = benchmark_events.layouts(benchmark_dir)
+    charts = [chart.multiline.tag[0] for chart in layout.category[0].chart]
+    tags = {tag for scalars in runs.values() for tag in scalars}
+    assert {tag: len([c for c in charts if re.match(c, tag)]) for tag in tags} == dict.fromkeys(
+        tags, 1)
+    assert all(any(re.match(chart, tag) for tag in tags) for chart in charts)
+    for run in runs:
+        assert benchmark_events.hparams(os.path.join(benchmark_dir, run)), run
 
 
 def check_figures(results: dict, expected: list[str], differences: tuple[str, ...] = ()) -> None:
