@@ -96,15 +96,17 @@ def git_state(repo: str = REPO) -> dict:
 
 
 def changed_flags() -> dict:
-    """{name: value} of every absl flag whose value is not its default (given on the command
-    line, or set by --quick); {} when no command line was parsed (a report built in a test)."""
+    """{name: value} of every flag not at its default (given on the command line, or set by
+    --quick), absl's own (logging) left out; {} when no command line was parsed (a report
+    built in a test)."""
     from absl import flags
 
     values = flags.FLAGS
     if not values.is_parsed():
         return {}
     return {name: values[name].value for name in sorted(values.flag_values_dict())
-            if values[name].value != values[name].default}
+            if values[name].value != values[name].default
+            and not values.find_module_defining_flag(name, "").startswith("absl.")}
 
 
 class BenchmarkReport:

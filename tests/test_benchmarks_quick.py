@@ -196,3 +196,31 @@ def test_stain_shift_quick_fits_the_target_trains_and_evaluates(tmp_path):
                        "--settings=macenko")
     check_figures(report["results"], [f"macenko_{split}_roc_auc" for split in ("test", "val")])
     assert all(value <= 1 for value in report["results"].values())
+
+
+def test_all_runs_every_benchmark_asked_and_names_the_one_that_failed(tmp_path):
+    """benchmarks.all --quick on two benchmarks into one folder, one of which cannot write its
+    JSON (a folder stands where it goes): the other still runs and writes everything, the table
+    names the failure, the exit code is 1."""
+    out = tmp_path / "out"
+    (out / "tta.json").mkdir(parents=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.all", "--quick", f"--output_dir={out}",
+         "--benchmarks=tta,convert"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert re.search(r"^  tta +FAILED \(exit 1\) ", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^  convert +ok ", result.stdout, re.MULTILINE), result.stdout
+    assert "IsADirectoryError" in (out / "logs" / "tta.log").read_text()
+    report = json.loads((out / "convert.json").read_text())
+    check_figures(report["results"], ["convert_patches_per_s", "convert_vs_parallel_decode"])
+    check_tensorboard(str(out / "tensorboard" / "convert"), report)
+
+
+def test_all_refuses_an_unknown_benchmark_and_parallel_measurements(tmp_path):
+    for flags, message in ((["--benchmarks=convert,nope"], "--benchmarks: unknown nope"),
+                           (["--jobs=2"], "--jobs=2: only --quick")):
+        result = subprocess.run([sys.executable, "-m", "benchmarks.all", *flags,
+                                 f"--output_dir={tmp_path}"], cwd=REPO, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 2 and f"error: {message}" in result.stderr, result.stderr
+        assert not os.path.exists(tmp_path / "convert.json")

@@ -4,6 +4,10 @@ Chromium on its page, the charts read back from the page and a screenshot.
     python -m benchmarks.all --quick --output_dir=OUT     # twice: two points per setting
     python tools/benchmarks_dashboard.py --logdir=OUT/tensorboard --category=train_step \\
         --output=docs/figures/benchmarks_dashboard.png
+    python tools/benchmarks_dashboard.py --logdir=OUT/tensorboard --category=input_pipeline \\
+        --output=docs/figures/benchmarks_dashboard_input_pipeline.png
+    python tools/benchmarks_dashboard.py --logdir=OUT/tensorboard --category=train_step \\
+        --page=text --output=docs/figures/benchmarks_provenance.png
 
 Needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver) and
 selenium (the dev extra). tests/test_benchmarks_tensorboard.py drives the same functions.
@@ -173,6 +177,41 @@ def series_run(name: str) -> str:
     return re.fullmatch(r".* \((.*)\)", name).group(1)
 
 
+def screenshot_custom_scalars(driver, url: str, category: str, output: str) -> None:
+    """The custom-scalars page, `category`'s runs only, its charts at the top; prints them."""
+    open_custom_scalars(driver, url, runs_filter=category + "/")
+    scroll_to_category(driver, category)  # a chart loads once it is on the screen
+    try:
+        charts = read_charts(driver, lambda charts: any(
+            c["series"] for c in charts if c["category"] == category))
+    finally:
+        untick_ignore_outliers(driver)
+        time.sleep(2)  # the charts redraw with the new scaling
+        driver.save_screenshot(output)
+    for chart in charts:
+        if chart["category"] == category:
+            print(chart["title"], chart["series"])
+
+
+def screenshot_provenance(driver, url: str, category: str, output: str,
+                          timeout: float = 60) -> None:
+    """The Text page on `category`'s root run and provenance tag: commit, machine, flags and
+    figures of its latest run (the slider goes back to earlier ones)."""
+    driver.get(url + "#text&regexInput=" + urllib.parse.quote(f"^{category}$")
+               + "&tagFilter=" + urllib.parse.quote(f"{category}/provenance"))
+    deadline = time.monotonic() + timeout
+    while "commit" not in driver.execute_script(_ALL_ELEMENTS + """
+        return all(document, []).filter(e => e.localName == 'tf-markdown-view')
+                                .map(e => e.textContent + (e.shadowRoot ? e.shadowRoot.textContent
+                                                                        : '')).join(' ');
+    """):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no provenance text of {category} in {timeout} s")
+        time.sleep(0.5)
+    time.sleep(1)
+    driver.save_screenshot(output)
+
+
 def main(argv) -> None:
     from absl import flags
 
@@ -181,18 +220,10 @@ def main(argv) -> None:
         runs = {os.path.relpath(root, values.logdir) for root, _, files in os.walk(values.logdir)
                 if any(f.startswith("events.out.tfevents.") for f in files)}
         wait_for_runs(url, runs)
-        open_custom_scalars(driver, url, runs_filter=values.category + "/")
-        scroll_to_category(driver, values.category)  # a chart loads once it is on the screen
-        try:
-            charts = read_charts(driver, lambda charts: any(
-                c["series"] for c in charts if c["category"] == values.category))
-        finally:
-            untick_ignore_outliers(driver)
-            time.sleep(2)  # the charts redraw with the new scaling
-            driver.save_screenshot(values.output)
-    shown = [c for c in charts if c["category"] == values.category]
-    for chart in shown:
-        print(chart["title"], {series_run(name): points for name, points in chart["series"].items()})
+        if values.page == "text":
+            screenshot_provenance(driver, url, values.category, values.output)
+        else:
+            screenshot_custom_scalars(driver, url, values.category, values.output)
     print(f"wrote {values.output}")
 
 
@@ -200,7 +231,9 @@ if __name__ == "__main__":
     from absl import app, flags
 
     flags.DEFINE_string("logdir", None, "A benchmarks output folder's tensorboard/.")
-    flags.DEFINE_string("category", "train_step", "The benchmark shown at the top.")
+    flags.DEFINE_string("category", "train_step", "The benchmark shown.")
+    flags.DEFINE_enum("page", "custom_scalars", ["custom_scalars", "text"], "custom_scalars: "
+                      "its charts; text: where its figures came from.")
     flags.DEFINE_string("output", "docs/figures/benchmarks_dashboard.png", "The PNG to write.")
     flags.DEFINE_integer("width", 1400, "Window width, pixels.")
     flags.DEFINE_integer("height", 1000, "Window height, pixels.")
