@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from idc_engine.data import conversion
 
 # benchmarks/ is a folder of the repository, not part of the installed package
@@ -171,3 +173,20 @@ def test_stain_shift_quick_fits_the_target_trains_and_evaluates(tmp_path):
                        "--settings=macenko")
     check_figures(report["results"], [f"macenko_{split}_roc_auc" for split in ("test", "val")])
     assert all(value <= 1 for value in report["results"].values())
+
+
+def test_precision_quick_pairs_the_precisions_on_the_same_folds(tmp_path):
+    """Both precisions cross-validated on the same folds and seed, their pooled out-of-fold
+    ROC-AUCs, the paired difference with its interval, the rule's verdict and the step rates."""
+    report = run_quick("precision", tmp_path, f"--work_dir={tmp_path / 'work'}")
+    results = report["results"]
+    for precision in ("float32", "mixed_bfloat16"):
+        assert 0 < results[f"pooled_auc_{precision}_seed0"] <= 1
+        assert results[f"train_images_per_s_{precision}"] > 0
+    difference = results["auc_difference_seed0"]
+    assert difference == results["auc_difference_mean"] == pytest.approx(
+        results["pooled_auc_mixed_bfloat16_seed0"] - results["pooled_auc_float32_seed0"])
+    assert results["auc_difference_ci95_low"] <= results["auc_difference_ci95_high"]
+    assert results["non_inferior"] == float(
+        results["auc_difference_ci95_low"] > -report["config"]["margin"])
+    assert results["speed_mixed_bfloat16_vs_float32"] > 0
