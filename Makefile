@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint benchmarks clean
+.PHONY: setup demo test lint docs docs-serve benchmarks clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check idc_engine tools benchmarks tests
+
+# The documentation site (mkdocs.yml; strict: a broken link or a missing page is an error) into
+# build/site/; docs-serve serves it at http://127.0.0.1:8000 and rebuilds it on every edit.
+# NO_MKDOCS_2_WARNING: Material's banner about MkDocs' future, printed on every build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict
 
 # The full measurements, one benchmark after the other, into runs/benchmarks (TensorBoard:
 # runs/benchmarks/tensorboard). `make benchmarks BENCHMARK_FLAGS=--quick` runs each whole

@@ -127,4 +127,15 @@ CHARTS = {
             "shared_cores_ceiling_vs_slower_of_read_and_model", "model_alone_vs_plain_loop"),
         "memory/peak_rss_mb": {"engine_cli_{slide}": "peak_rss_mb_cli_{slide}"},
     },
+    # float32 and mixed_bfloat16 on the same folds and seeds: each seed's pooled ROC-AUC, the
+    # paired difference with its interval and the rule's verdict, the step rates
+    "precision": {
+        "roc_auc/seed_{seed}": {"{precision}": "pooled_auc_{precision}_seed{seed}"},
+        "roc_auc_difference/second_minus_first_precision": {
+            "seed_{seed}": "auc_difference_seed{seed}", "mean": "auc_difference_mean",
+            "ci95_low": "auc_difference_ci95_low", "ci95_high": "auc_difference_ci95_high"},
+        "non_inferior": {"decision": "non_inferior"},
+        "throughput/train_images_per_s": {"{precision}": "train_images_per_s_{precision}"},
+        "ratio/speed_{faster}_vs_{reference}": {"ratios": "speed_{faster}_vs_{reference}"},
+    },
 }

@@ -48,7 +48,7 @@ flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorB
 quick.define_flag()
 QUICK_SIZES = {"batch_sizes": ["16", "32"], "num_images": 64, "num_png_files": 32, "repeats": 1}
 
-# Mean/std of the synthetic train split (README): only the untrained model's normalization.
+# Mean/std of a synthetic train split: only the untrained model's normalization.
 _SYNTHETIC_MEAN = [196.9627, 145.5059, 191.7613]
 _SYNTHETIC_STD = [43.724, 44.734, 28.9458]
 

@@ -1,6 +1,6 @@
 """idc_engine: a high-throughput TensorFlow engine for the IDC breast-histopathology patches.
 
-Command lines (flags and main only; the work is in the stage folders, see README's Layout):
+Command lines (flags and main only; the work is in the stage folders, see docs/layout.md):
 python -m idc_engine.{synthetic,convert,stain,train,crossval,evaluate,predict,explain,slide}.
 """
 

@@ -4,7 +4,7 @@ tools/suite_spread.sh, recorded.
 A bound is the right test only where no guarantee can be stated (a tile read from a slide is
 not the patch's exact pixels, so "agrees with the patch" has a tolerance). Each such bound was
 set from the spread of the observed value over seeds, thread counts and oneDNN variants
-(BUILD.md, "How the suite's bounds were set"): the docstring of the test that uses it gives the
+(BUILD.md, "The test suite: what holds on every machine"): the docstring of the test that uses it gives the
 measured minimum and the margin. With IDC_BOUNDS_LOG set, every check appends
 {"bound", "observed", "limit", "kind"} to that JSON-lines file; the spread script reads it.
 """

@@ -14,6 +14,7 @@ import sys
 
 import benchmark_events
 import numpy as np
+import pytest
 
 from idc_engine.data import conversion
 
@@ -224,3 +225,18 @@ def test_all_refuses_an_unknown_benchmark_and_parallel_measurements(tmp_path):
                                 text=True, timeout=300)
         assert result.returncode == 2 and f"error: {message}" in result.stderr, result.stderr
         assert not os.path.exists(tmp_path / "convert.json")
+def test_precision_quick_pairs_the_precisions_on_the_same_folds(tmp_path):
+    """Both precisions cross-validated on the same folds and seed, their pooled out-of-fold
+    ROC-AUCs, the paired difference with its interval, the rule's verdict and the step rates."""
+    report = run_quick("precision", tmp_path, f"--work_dir={tmp_path / 'work'}")
+    results = report["results"]
+    for precision in ("float32", "mixed_bfloat16"):
+        assert 0 < results[f"pooled_auc_{precision}_seed0"] <= 1
+        assert results[f"train_images_per_s_{precision}"] > 0
+    difference = results["auc_difference_seed0"]
+    assert difference == results["auc_difference_mean"] == pytest.approx(
+        results["pooled_auc_mixed_bfloat16_seed0"] - results["pooled_auc_float32_seed0"])
+    assert results["auc_difference_ci95_low"] <= results["auc_difference_ci95_high"]
+    assert results["non_inferior"] == float(
+        results["auc_difference_ci95_low"] > -report["config"]["margin"])
+    assert results["speed_mixed_bfloat16_vs_float32"] > 0

@@ -4,8 +4,8 @@
 
 A module of a stage may import its own stage and earlier ones, never a later one, and no package
 module imports a command line (idc_engine/<name>.py at the top). The foundation modules
-(errors, cli, atomic_files, the package's __init__) import no stage. README.md's "Layout"
-section describes the same order.
+(errors, cli, atomic_files, the package's __init__) import no stage. docs/layout.md
+describes the same order.
 """
 
 import ast

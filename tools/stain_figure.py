@@ -1,4 +1,4 @@
-"""The README's before/after picture of stain normalisation (docs/figures/stain_normalization.png).
+"""The before/after picture of docs/stain.md (docs/figures/stain_normalization.png).
 
     python tools/stain_figure.py --output=docs/figures/stain_normalization.png
 
