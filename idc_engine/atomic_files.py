@@ -10,6 +10,7 @@ leaves the old file.
 import contextlib
 import json
 import os
+import uuid
 
 
 def fsync_path(path: str) -> None:
@@ -27,10 +28,15 @@ def temporary_path(path: str) -> str:
 
 
 @contextlib.contextmanager
-def replace_atomically(path: str, mode: str = "w", **open_args):
+def replace_atomically(path: str, mode: str = "w", shared: bool = False, **open_args):
     """`with replace_atomically(p) as f: f.write(...)`: p is replaced only if the block ends
-    without an exception; otherwise p is untouched and the temporary file removed."""
+    without an exception; otherwise p is untouched and the temporary file removed.
+
+    shared: several processes may write p at once (a cohort's table): each writes a temporary
+    file of its own, and the last rename wins, whole."""
     tmp = temporary_path(path)
+    if shared:
+        tmp = f"{tmp}.{os.getpid()}.{uuid.uuid4().hex}"
     try:
         with open(tmp, mode, **open_args) as f:
             yield f
@@ -44,10 +50,10 @@ def replace_atomically(path: str, mode: str = "w", **open_args):
 
 
 def write_json_atomically(path: str, value, sort_keys: bool = False,
-                          trailing_newline: bool = True) -> None:
+                          trailing_newline: bool = True, shared: bool = False) -> None:
     """Writes `value` as JSON (indent 1) to `path` atomically and durably. The training run's
     own files (config.json, best.json, preprocessing.json) have no trailing newline."""
-    with replace_atomically(path) as f:
+    with replace_atomically(path, shared=shared) as f:
         json.dump(value, f, indent=1, sort_keys=sort_keys)
         if trailing_newline:
             f.write("\n")

@@ -25,8 +25,9 @@ exits with 2. Every flag: --helpfull.
 """
 
 import json
+import os
 
-from absl import app
+from absl import app, flags
 from absl import logging as absl_logging
 
 from idc_engine import cli
@@ -36,6 +37,9 @@ from idc_engine.slides.reader import SlideError
 
 def define_flags() -> None:
     cli.define_flags(SlideConfig)
+    flags.DEFINE_string("summarize", None, "OUTPUT_DIR: rebuild its cohort.csv, cohort.json and "
+                        "cohort_idc_fraction.png from the slides' outputs, and nothing else "
+                        "(no model, no slide is read).")
 
 
 def _report(summary: dict) -> str:
@@ -56,18 +60,40 @@ def _report(summary: dict) -> str:
             f"  heatmap: {summary['output_dir']}/heatmap.png")
 
 
+def summarize(output_dir: str) -> int:
+    """--summarize: the cohort table of OUTPUT_DIR rebuilt alone."""
+    from idc_engine.slides import cohort_table
+
+    if not os.path.isdir(output_dir):
+        raise SlideError(f"--summarize={output_dir}: no such directory")
+    totals = cohort_table.write_cohort(output_dir)
+    print(json.dumps({key: value for key, value in totals.items() if key != "errors"}))
+    print(f"cohort: {os.path.join(output_dir, cohort_table.COHORT_CSV)}")
+    return 0
+
+
 def main(argv) -> int:
-    slides = argv[1:]
-    if not slides:
-        raise app.UsageError("give one or more slide files")
+    if flags.FLAGS.summarize:
+        if len(argv) > 1:
+            raise app.UsageError("--summarize takes no slides")
+        return summarize(flags.FLAGS.summarize)
+    if len(argv) < 2:
+        raise app.UsageError("give one or more slide files, directories or @lists")
     config = cli.config_from_flags(SlideConfig)
     config.validate()
     cli.keep_engine_logs_only()
+    from idc_engine.slides import cohort_inputs, cohort_shards
+
+    slides = cohort_inputs.expand_slides(argv[1:])
+    shard = cohort_shards.resolve_shard(config.shard, config.num_shards)
+    mine = shard.take(slides)
+    absl_logging.info("%d slides; this worker takes %d: shard %d of %d (%s)", len(slides),
+                      len(mine), shard.index, shard.count, shard.source)
     from idc_engine.training.run_dir import find_export, load_threshold
 
     paths = find_export(config.model_dir)  # before TensorFlow loads: a wrong path fails fast
     from idc_engine.inference.serving import ServedModel
-    from idc_engine.slides.run import run_slide
+    from idc_engine.slides import cohort
     from idc_engine.training import devices
 
     devices.configure_cpu_devices(config.num_cpu_devices)
@@ -76,18 +102,13 @@ def main(argv) -> int:
     with strategy.scope():
         served = ServedModel(paths.saved_model)
     threshold, scale = load_threshold(paths, config.threshold), model_scale(paths)
-    failed = []
-    for path in slides:
-        try:
-            summary = run_slide(path, config, served, strategy, threshold, scale, description)
-        except SlideError as e:
-            print(f"error: {e}")
-            failed.append(path)
-            continue
-        print(_report(summary))
-    print(json.dumps({"slides": len(slides), "failed": failed}))
+    os.makedirs(config.output_dir, exist_ok=True)
+    failed = cohort.run_cohort(mine, config, served, strategy, threshold, scale, description,
+                               cohort.export_fingerprint(paths.saved_model), _report)
+    print(f"cohort: {os.path.join(config.output_dir, 'cohort.csv')}")
+    print(json.dumps({"slides": len(mine), "failed": failed}))
     if failed:
-        raise SlideError(f"{len(failed)} of {len(slides)} slides failed: {', '.join(failed)}")
+        raise SlideError(f"{len(failed)} of {len(mine)} slides failed: {', '.join(failed)}")
     return 0
 
 

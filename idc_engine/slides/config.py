@@ -46,6 +46,21 @@ class SlideConfig:
     tta: str = cli.option("none", "Test-time augmentation: none, or d4 (each tile's mean P(IDC) "
                           "over its 8 rotations and mirror images, one model call of 8x the "
                           "batch; about 8x the model's cost).")
+    shard: str = cli.option("", "I/N: take every N-th slide from the I-th (0-based) of the "
+                            "list, for N workers sharing it; default: from a Slurm array "
+                            "(SLURM_ARRAY_TASK_ID, _MIN, _COUNT) or a Kubernetes Indexed Job "
+                            "(JOB_COMPLETION_INDEX with --num_shards), else every slide.")
+    num_shards: int = cli.option(0, "N for a Kubernetes Indexed Job (its completions): the pod "
+                                 "is given its index only.")
+    overwrite: bool = cli.option(False, "Run every slide again, even one whose complete outputs "
+                                 "in --output_dir were made by the same slide, export and "
+                                 "settings (skipped otherwise).")
+    max_attempts: int = cli.option(3, "Runs of a slide that never completes (the process was "
+                                   "killed or crashed on it, or it failed) before it is given "
+                                   "up as an error row; --overwrite starts the count again.")
+    lock_expiry_seconds: float = cli.option(
+        600.0, "A slide's lock (OUTPUT_DIR/.cohort/<name>.lock, touched by its holder every "
+        "quarter of this) left this long untouched belongs to a killed worker and is broken.")
 
     def validate(self) -> None:
         """Raises SlideConfigError naming the first bad flag."""
@@ -66,7 +81,10 @@ class SlideConfig:
             (self.strategy in ("auto", "default", "mirrored"),
              "--strategy must be auto, default or mirrored"),
             (self.num_cpu_devices >= 1, "--num_cpu_devices must be >= 1"),
-            (self.tta in TTA_MODES, f"--tta={self.tta!r}: use one of {', '.join(TTA_MODES)}"))
+            (self.tta in TTA_MODES, f"--tta={self.tta!r}: use one of {', '.join(TTA_MODES)}"),
+            (self.num_shards >= 0, "--num_shards must be >= 0"),
+            (self.max_attempts >= 1, "--max_attempts must be >= 1"),
+            (self.lock_expiry_seconds >= 1, "--lock_expiry_seconds must be >= 1"))
         for ok, message in checks:
             if not ok:
                 raise SlideConfigError(message)

@@ -76,21 +76,21 @@ def write_summary(path: str, summary: dict) -> None:
     atomic_files.write_json_atomically(path, summary)
 
 
-def slide_output_dir(output_dir: str, slide_path: str) -> str:
-    """OUT/<slide file name without its extension>."""
+def slide_output_name(slide_path: str) -> str:
+    """The slide's file name up to its first dot (a cohort adds _2, _3, ... to a name another
+    slide has: slides/cohort_locks.claim_name)."""
     name = os.path.basename(slide_path)
-    stem = name.split(".")[0] or name
-    return os.path.join(output_dir, stem)
+    return name.split(".")[0] or name
 
 
 @contextlib.contextmanager
-def staged_slide_dir(output_dir: str, slide_path: str):
-    """`with staged_slide_dir(OUT, slide) as staging:` the slide's files go into `staging`
+def staged_slide_dir(output_dir: str, name: str):
+    """`with staged_slide_dir(OUT, name) as staging:` the slide's files go into `staging`
     (OUT/<name>.partial, emptied first: a killed run's), which replaces OUT/<name> in one step
     when the block ends (atomic_files.replace_directory). If the block raises, staging is
-    removed and OUT/<name> left as it was."""
-    final = slide_output_dir(output_dir, slide_path)
-    staging = final + ".partial"  # stems stop at the first dot: no slide's own folder
+    removed and OUT/<name> left as it was. One worker at a time per name: the cohort's lock."""
+    final = os.path.join(output_dir, name)
+    staging = final + ".partial"  # names stop at the first dot: no slide's own folder
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:

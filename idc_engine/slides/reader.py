@@ -51,6 +51,7 @@ class SlideInfo:
     level_downsamples: tuple              # (1.0, ...) per level
     um_per_pixel: float                   # level-0 scale (mean of x and y)
     scale_source: str                     # the properties or flags it came from (slide_scale)
+    quickhash: str = ""                   # openslide.quickhash-1: the slide's identity
 
 
 @contextlib.contextmanager
@@ -155,7 +156,20 @@ def open_info(path: str, um_per_pixel: float | None = None, override: bool = Fal
             mpp, source = slide_scale(slide.properties, path, um_per_pixel, override)
             return SlideInfo(path, slide.properties.get("openslide.vendor", "unknown"),
                              tuple(slide.dimensions), tuple(slide.level_dimensions),
-                             tuple(slide.level_downsamples), mpp, source)
+                             tuple(slide.level_downsamples), mpp, source,
+                             slide.properties.get("openslide.quickhash-1", ""))
+    finally:
+        slide.close()
+
+
+def quickhash(path: str) -> str:
+    """OpenSlide's openslide.quickhash-1 of the slide (its identity: a hash of its properties
+    and smallest level), "" if the format has none; SlideError if it cannot be opened."""
+    if not os.path.isfile(path):
+        raise SlideError(f"{path}: no such file")
+    slide = _open(path)
+    try:
+        return slide.properties.get("openslide.quickhash-1", "")
     finally:
         slide.close()
 

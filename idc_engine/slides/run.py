@@ -114,24 +114,27 @@ def _predict(path: str, grid, col, row, config: SlideConfig, served, strategy, s
 
 
 def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale: dict,
-              devices: str = "") -> dict:
+              devices: str = "", name: str | None = None, record: dict | None = None) -> dict:
     """Runs the phases on one slide; returns its summary (also OUT/<name>/summary.json).
 
     served: inference.serving.ServedModel loaded under `strategy`'s scope; threshold:
     training.run_dir.Threshold; scale: config.model_scale(...); devices: the strategy's
-    description, for the summary. Raises SlideError naming the file; OUT/<name> is then as
-    it was before."""
+    description, for the summary; name: the output folder's (default: the file name up to its
+    first dot); record: more fields for summary.json (a cohort's fingerprint). Raises
+    SlideError naming the file; OUT/<name> is then as it was before."""
     start = time.perf_counter()
+    name = name or outputs.slide_output_name(path)
     with reader.openslide_errors(path, "the slide"):  # what the reader's own checks missed
         info, grid, thumb, mask, col, row = _plan(path, config, scale)
-        with outputs.staged_slide_dir(config.output_dir, path) as folder:
+        with outputs.staged_slide_dir(config.output_dir, name) as folder:
             outputs.write_png(os.path.join(folder, outputs.MASK_PNG), mask.mask)
             index, probability, unreadable, inference_seconds = _predict(
                 path, grid, col, row, config, served, strategy, scale)
             counts = _write_outputs(folder, path, info, grid, thumb, col, row, index,
                                     probability, unreadable, threshold)
             summary = {
-                "slide": os.path.abspath(path), "vendor": info.vendor,
+                "slide": os.path.abspath(path), "slide_quickhash": info.quickhash,
+                "vendor": info.vendor,
                 "level0_dimensions": list(info.dimensions),
                 "scale": _scale_record(info, grid, scale),
                 "tissue": {"saturation_threshold": mask.threshold,
@@ -145,7 +148,7 @@ def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale
                 "tiles_per_second": round(len(probability) / inference_seconds, 1),
                 "devices": devices, "tta": config.tta,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "output_dir": outputs.slide_output_dir(config.output_dir, path)}
+                "output_dir": os.path.join(config.output_dir, name), **(record or {})}
             outputs.write_summary(os.path.join(folder, outputs.SUMMARY_JSON), summary)
     return summary
 

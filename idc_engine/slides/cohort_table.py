@@ -1,0 +1,125 @@
+"""The cohort at a glance, rebuilt from what the slides left in OUT: cohort.csv, cohort.json and
+cohort_idc_fraction.png.
+
+    cohort.csv   a row per slide: slide, name (its folder), status, message, tissue_mm2,
+                 idc_mm2, idc_fraction, mean_idc_probability, tiles, unreadable_regions,
+                 seconds, export (the export's fingerprint)
+    cohort.json  the totals: slides by status, tissue and IDC areas, tiles, seconds
+    cohort_idc_fraction.png   each complete slide's IDC fraction, sorted
+
+status: `ok` (OUT/<name>/summary.json is complete and no later run of the slide failed),
+`error` (its last run failed, or it was given up after --max_attempts runs; message says why;
+an older complete output, if any, stays in OUT/<name>/), `unfinished` (a run started and did
+not end: killed, or still running). Everything is derived from the per-slide files, so any
+worker may rebuild it and `idc-slide --summarize OUT` rebuilds it alone; each file is written
+atomically.
+"""
+
+import csv
+import glob
+import io
+import json
+import os
+
+from idc_engine import atomic_files
+from idc_engine.slides import cohort_locks
+
+COHORT_CSV, COHORT_JSON, COHORT_PNG = "cohort.csv", "cohort.json", "cohort_idc_fraction.png"
+# What a cohort run adds to OUT beside the slides' folders.
+COHORT_FILES = (COHORT_CSV, COHORT_JSON, COHORT_PNG, cohort_locks.STATE_DIR)
+COLUMNS = ("slide", "name", "status", "message", "tissue_mm2", "idc_mm2", "idc_fraction",
+           "mean_idc_probability", "tiles", "unreadable_regions", "seconds", "export")
+
+
+def _summaries(output_dir: str) -> dict[str, dict]:
+    """{folder name: summary.json} of every complete slide output in OUT."""
+    found = {}
+    for path in glob.glob(os.path.join(glob.escape(output_dir), "*", "summary.json")):
+        try:
+            with open(path, encoding="utf-8") as f:
+                found[os.path.basename(os.path.dirname(path))] = json.load(f)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _attempts(output_dir: str) -> dict[str, dict]:
+    """{name: attempts record} of the slides whose last run did not complete."""
+    pattern = os.path.join(glob.escape(cohort_locks.state_dir(output_dir)), "*.attempts.json")
+    return {os.path.basename(p).removesuffix(".attempts.json"):
+            cohort_locks.read_attempts(output_dir, os.path.basename(p).removesuffix(
+                ".attempts.json")) for p in glob.glob(pattern)}
+
+
+def _row(name: str, summary: dict | None, attempt: dict | None) -> dict:
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(name=name, slide=(summary or attempt or {}).get("slide", ""))
+    if attempt:
+        row["status"] = "error" if attempt.get("error") else "unfinished"
+        row["message"] = attempt.get("error") or (
+            f"run {attempt.get('attempts', 1)} started and did not end (killed, or running)")
+        return row
+    row.update(status="ok", tissue_mm2=summary["tissue_area_mm2"],
+               idc_mm2=summary["idc_area_mm2"], idc_fraction=summary["idc_fraction"],
+               mean_idc_probability=summary["mean_idc_probability"],
+               tiles=summary["tiles_read"], unreadable_regions=len(summary["unreadable_regions"]),
+               seconds=summary["seconds"],
+               export=summary.get("fingerprint", {}).get("export", ""))
+    return row
+
+
+def cohort_rows(output_dir: str) -> list[dict]:
+    """A row per slide OUT knows of (COLUMNS), sorted by name."""
+    summaries, attempts = _summaries(output_dir), _attempts(output_dir)
+    return [_row(name, summaries.get(name), attempts.get(name))
+            for name in sorted(set(summaries) | set(attempts))]
+
+
+def _totals(rows: list[dict]) -> dict:
+    ok = [r for r in rows if r["status"] == "ok"]
+    tissue = sum(r["tissue_mm2"] for r in ok)
+    idc = sum(r["idc_mm2"] for r in ok)
+    return {"slides": len(rows),
+            **{status: sum(r["status"] == status for r in rows)
+               for status in ("ok", "error", "unfinished")},
+            "tissue_mm2": round(tissue, 4), "idc_mm2": round(idc, 4),
+            "idc_fraction_of_tissue": idc / tissue if tissue else None,
+            "tiles": sum(r["tiles"] for r in ok), "seconds": round(sum(r["seconds"] for r in ok), 3),
+            "errors": {r["name"]: r["message"] for r in rows if r["status"] == "error"}}
+
+
+def _figure(path: str, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    ok = sorted((r for r in rows if r["status"] == "ok" and r["idc_fraction"] is not None),
+                key=lambda r: r["idc_fraction"])
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.12 * len(ok) + 2), 3.2), dpi=100)
+    axes.bar(range(len(ok)), [100 * r["idc_fraction"] for r in ok], color="#c0392b")
+    axes.set_xticks(range(len(ok)), [r["name"] for r in ok] if len(ok) <= 40 else [],
+                    rotation=90, fontsize=6)
+    axes.set(ylabel="IDC, % of tissue tiles", xlabel=f"{len(ok)} slides, sorted",
+             title="IDC fraction per slide")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    with atomic_files.replace_atomically(path, "wb", shared=True) as f:
+        f.write(buffer.getvalue())
+
+
+def write_cohort(output_dir: str) -> dict:
+    """Rebuilds cohort.csv, cohort.json and the figure from OUT; returns the totals."""
+    rows = cohort_rows(output_dir)
+    with atomic_files.replace_atomically(os.path.join(output_dir, COHORT_CSV), shared=True,
+                                         newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    totals = _totals(rows)
+    atomic_files.write_json_atomically(os.path.join(output_dir, COHORT_JSON), totals,
+                                       shared=True)
+    _figure(os.path.join(output_dir, COHORT_PNG), rows)
+    return totals
