@@ -26,6 +26,7 @@ exits with 2. Every flag: --helpfull.
 
 import json
 import os
+import time
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -103,8 +104,9 @@ def main(argv) -> int:
         served = ServedModel(paths.saved_model)
     threshold, scale = load_threshold(paths, config.threshold), model_scale(paths)
     os.makedirs(config.output_dir, exist_ok=True)
+    worker = f"shard_{shard.index}_of_{shard.count}_{time.strftime('%Y%m%d-%H%M%S')}"
     failed = cohort.run_cohort(mine, config, served, strategy, threshold, scale, description,
-                               cohort.export_fingerprint(paths.saved_model), _report)
+                               cohort.export_fingerprint(paths.saved_model), _report, worker)
     print(f"cohort: {os.path.join(config.output_dir, 'cohort.csv')}")
     print(json.dumps({"slides": len(mine), "failed": failed}))
     if failed:

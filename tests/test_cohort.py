@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import benchmark_events
 import pytest
 import slide_files
 
@@ -100,6 +101,7 @@ def test_slides_of_one_file_name_get_their_own_folders_on_every_run(tmp_path):
     first = cohort_locks.claim_name(out, "/data/a/1.svs")
     second = cohort_locks.claim_name(out, "/data/b/1.svs")
     assert (first, second) == ("1", "1_2")
+    assert cohort_locks.claim_name(out, "/data/tensorboard.svs") == "tensorboard_2"  # OUT's own
     assert cohort_locks.claim_name(out, "/data/b/1.svs") == "1_2"  # a rerun, either order
     assert cohort_locks.claim_name(out, "/data/a/1.svs") == "1"
 
@@ -151,6 +153,30 @@ def test_the_lock_of_a_dead_process_of_this_host_is_broken_at_once(tmp_path):
     with open(lock.path, "w") as f:  # negative control: a live process of this host
         json.dump({"host": socket.gethostname(), "pid": os.getpid(), "token": "x"}, f)
     assert not cohort_locks.SlideLock(str(tmp_path), "s", 600).acquire()
+
+
+def test_a_run_killed_after_its_outputs_landed_counts_as_complete(tmp_path):
+    """A run is recorded before it starts and its outputs land after: killed between the
+    outputs and the record's removal, the slide is ok; killed before its outputs (an older
+    complete output stays), it is unfinished; a failed run is an error whatever is older."""
+    out = str(tmp_path)
+    summary = {"slide": "/s.svs", "tissue_area_mm2": 1.0, "idc_area_mm2": 0.5,
+               "idc_fraction": 0.5, "mean_idc_probability": 0.4, "tiles_read": 10,
+               "unreadable_regions": [], "seconds": 1.0}
+    os.makedirs(os.path.join(out, "s"))
+    with open(os.path.join(out, "s", "summary.json"), "w") as f:
+        json.dump(summary, f)
+    attempts = cohort_locks.attempts_path(out, "s")
+    for record, attempts_age, summary_age, status in (
+            ({"attempts": 1, "error": None}, 20, 10, "ok"),
+            ({"attempts": 1, "error": None}, 10, 20, "unfinished"),
+            ({"attempts": 1, "error": "boom"}, 20, 10, "error")):
+        cohort_locks.write_attempts(out, "s", {"slide": "/s.svs", **record})
+        now = time.time()
+        os.utime(attempts, (now - attempts_age,) * 2)
+        os.utime(os.path.join(out, "s", "summary.json"), (now - summary_age,) * 2)
+        (row,) = cohort_table.cohort_rows(out)
+        assert row["status"] == status, (record, attempts_age, summary_age)
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -234,6 +260,9 @@ def test_a_cohort_run_writes_each_slide_once_and_a_broken_one_as_an_error_row(co
     totals = json.loads(open(os.path.join(out, cohort_table.COHORT_JSON)).read())
     assert (totals["slides"], totals["ok"], totals["error"]) == (7, 6, 1)
     assert os.path.getsize(os.path.join(out, cohort_table.COHORT_PNG)) > 0
+    (worker,) = benchmark_events.setting_runs(os.path.join(out, "tensorboard")).values()
+    assert worker["cohort/slides_done"] == [(step, step) for step in range(1, 8)]
+    assert worker["cohort/slides_left"][-1] == (7, 0)
 
 
 def test_summarize_rebuilds_the_same_table_alone(cohort):
@@ -284,6 +313,20 @@ def test_a_slide_whose_runs_never_complete_is_given_up(cohort, tmp_path):
     redo = _command(cohort["model_dir"], out, "--max_attempts=3", "--overwrite", slide)
     assert redo.returncode == 0 and _processed(redo.stdout) == [name]
     assert [row["status"] for row in _table(out)] == ["ok"]
+
+
+def test_a_slide_past_its_time_limit_is_an_error_row_and_a_counted_run(cohort, tmp_path):
+    out = str(tmp_path / "out")
+    slide = cohort["slides"][3]
+    result = _command(cohort["model_dir"], out, "--slide_timeout_seconds=0.001", slide)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: {slide}: stopped after --slide_timeout_seconds=0.001" in result.stdout
+    (row,) = _table(out)
+    assert row["status"] == "error" and "--slide_timeout_seconds" in row["message"]
+    assert cohort_locks.read_attempts(out, row["name"])["attempts"] == 1
+    assert not os.path.exists(os.path.join(out, row["name"]))  # no output, not even partial
+    again = _command(cohort["model_dir"], out, slide)  # without the limit: completes
+    assert again.returncode == 0 and [r["status"] for r in _table(out)] == ["ok"]
 
 
 def test_kill_9_mid_cohort_then_a_rerun_finishes_every_slide_once(cohort, tmp_path):

@@ -61,18 +61,37 @@ def _complete(output_dir: str, name: str, slide: str, quickhash: str, wanted: di
 
 
 class Progress:
-    """Slides done of this worker's total, tiles/s and an ETA, a log line per slide."""
+    """Slides done of this worker's total, tiles/s and an ETA: a log line per slide, and the
+    same as TensorBoard scalars (step: slides done) in `tensorboard_dir` if given."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, tensorboard_dir: str | None = None):
         self.total, self.done, self.tiles, self.start = total, 0, 0, time.perf_counter()
+        self.writer = None
+        if tensorboard_dir and total:
+            import tensorflow as tf
+
+            self.writer = tf.summary.create_file_writer(tensorboard_dir)
 
     def line(self, slide: str, outcome: str, tiles: int = 0) -> str:
         self.done += 1
         self.tiles += tiles
         elapsed = time.perf_counter() - self.start
         left = (self.total - self.done) * elapsed / self.done
+        if self.writer is not None:
+            self._scalars(tiles, elapsed, left)
         return (f"[{self.done}/{self.total}] {os.path.basename(slide)}: {outcome}; "
                 f"{self.tiles / elapsed:,.0f} tiles/s so far, ETA {left / 60:.1f} min")
+
+    def _scalars(self, tiles: int, elapsed: float, left: float) -> None:
+        import tensorflow as tf
+
+        with self.writer.as_default(step=self.done):
+            tf.summary.scalar("cohort/slides_done", self.done)
+            tf.summary.scalar("cohort/slides_left", self.total - self.done)
+            tf.summary.scalar("cohort/tiles_per_second", self.tiles / elapsed)
+            tf.summary.scalar("cohort/eta_minutes", left / 60)
+            tf.summary.scalar("cohort/slide_tiles", tiles)
+        self.writer.flush()
 
 
 def _attempt(config, name: str, slide: str, run) -> tuple[str, dict | None]:
@@ -97,11 +116,13 @@ def _attempt(config, name: str, slide: str, run) -> tuple[str, dict | None]:
 
 
 def run_cohort(slides: list, config, served, strategy, threshold, scale: dict, devices: str,
-               export: str, report) -> list:
+               export: str, report, worker: str) -> list:
     """Runs this worker's `slides` (absolute paths); prints report(summary) for each slide run
-    and an `error:` line for each that failed; returns the failed slides."""
+    and an `error:` line for each that failed; returns the failed slides. worker: this run's
+    name among the cohort's, its TensorBoard run OUT/tensorboard/<worker>."""
     wanted = fingerprint(config, export, threshold, scale)
-    progress, failed = Progress(len(slides)), []
+    progress = Progress(len(slides), os.path.join(config.output_dir, "tensorboard", worker))
+    failed = []
     for slide in slides:
         name = cohort_locks.claim_name(config.output_dir, slide)
         lock = cohort_locks.SlideLock(config.output_dir, name, config.lock_expiry_seconds)
@@ -128,6 +149,7 @@ def _one(slide: str, name: str, config, wanted: dict, run) -> tuple[str, dict | 
     try:
         quickhash = reader.quickhash(slide)
         if not config.overwrite and _complete(config.output_dir, name, slide, quickhash, wanted):
+            cohort_locks.clear_attempts(config.output_dir, name)  # a run killed just after
             return "skipped: complete", None
         outcome, summary = _attempt(config, name, slide, run)
         if outcome == "error":

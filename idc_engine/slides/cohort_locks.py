@@ -25,6 +25,8 @@ import uuid
 from idc_engine import atomic_files
 
 STATE_DIR = ".cohort"
+# OUT's own folders beside the slides' (the cohort run's TensorBoard, this state)
+RESERVED_NAMES = ("tensorboard", STATE_DIR)
 
 
 def state_dir(output_dir: str) -> str:
@@ -65,6 +67,8 @@ def claim_name(output_dir: str, slide: str) -> str:
     stem = base.split(".")[0] or base
     for number in range(1, 100_000):
         name = stem if number == 1 else f"{stem}_{number}"
+        if name in RESERVED_NAMES:
+            continue
         claim = os.path.join(names, name)
         if _read(claim) is None and _taken_by_older_run(output_dir, name, slide):
             continue
@@ -203,6 +207,7 @@ def read_attempts(output_dir: str, name: str) -> dict:
 
 
 def write_attempts(output_dir: str, name: str, record: dict) -> None:
+    os.makedirs(state_dir(output_dir), exist_ok=True)
     atomic_files.write_json_atomically(attempts_path(output_dir, name), record)
 
 

@@ -26,39 +26,51 @@ from idc_engine.slides import cohort_locks
 
 COHORT_CSV, COHORT_JSON, COHORT_PNG = "cohort.csv", "cohort.json", "cohort_idc_fraction.png"
 # What a cohort run adds to OUT beside the slides' folders.
-COHORT_FILES = (COHORT_CSV, COHORT_JSON, COHORT_PNG, cohort_locks.STATE_DIR)
+COHORT_FILES = (COHORT_CSV, COHORT_JSON, COHORT_PNG, cohort_locks.STATE_DIR, "tensorboard")
 COLUMNS = ("slide", "name", "status", "message", "tissue_mm2", "idc_mm2", "idc_fraction",
            "mean_idc_probability", "tiles", "unreadable_regions", "seconds", "export")
 
 
-def _summaries(output_dir: str) -> dict[str, dict]:
-    """{folder name: summary.json} of every complete slide output in OUT."""
+def _summaries(output_dir: str) -> dict[str, tuple[dict, float]]:
+    """{folder name: (summary.json, its mtime)} of every complete slide output in OUT."""
     found = {}
     for path in glob.glob(os.path.join(glob.escape(output_dir), "*", "summary.json")):
         try:
             with open(path, encoding="utf-8") as f:
-                found[os.path.basename(os.path.dirname(path))] = json.load(f)
+                found[os.path.basename(os.path.dirname(path))] = (json.load(f),
+                                                                  os.stat(path).st_mtime)
         except (OSError, ValueError):
             continue
     return found
 
 
-def _attempts(output_dir: str) -> dict[str, dict]:
-    """{name: attempts record} of the slides whose last run did not complete."""
+def _attempts(output_dir: str) -> dict[str, tuple[dict, float]]:
+    """{name: (attempts record, its mtime)} of the slides whose last run did not complete (or
+    completed an instant before its record could be removed: then the summary is newer)."""
+    found = {}
     pattern = os.path.join(glob.escape(cohort_locks.state_dir(output_dir)), "*.attempts.json")
-    return {os.path.basename(p).removesuffix(".attempts.json"):
-            cohort_locks.read_attempts(output_dir, os.path.basename(p).removesuffix(
-                ".attempts.json")) for p in glob.glob(pattern)}
+    for path in glob.glob(pattern):
+        name = os.path.basename(path).removesuffix(".attempts.json")
+        try:
+            found[name] = (cohort_locks.read_attempts(output_dir, name), os.stat(path).st_mtime)
+        except OSError:
+            continue
+    return found
 
 
-def _row(name: str, summary: dict | None, attempt: dict | None) -> dict:
+def _row(name: str, summary: tuple | None, attempt: tuple | None) -> dict:
+    """summary, attempt: (record, mtime) or None. A run is recorded before it starts and its
+    outputs land after, so a summary newer than the attempts record is that run's."""
     row = dict.fromkeys(COLUMNS, "")
-    row.update(name=name, slide=(summary or attempt or {}).get("slide", ""))
-    if attempt:
+    record = (summary or attempt)[0]
+    row.update(name=name, slide=record.get("slide", ""))
+    if attempt and not (summary and summary[1] >= attempt[1] and not attempt[0].get("error")):
+        attempt = attempt[0]
         row["status"] = "error" if attempt.get("error") else "unfinished"
         row["message"] = attempt.get("error") or (
             f"run {attempt.get('attempts', 1)} started and did not end (killed, or running)")
         return row
+    summary = summary[0]
     row.update(status="ok", tissue_mm2=summary["tissue_area_mm2"],
                idc_mm2=summary["idc_area_mm2"], idc_fraction=summary["idc_fraction"],
                mean_idc_probability=summary["mean_idc_probability"],

@@ -58,6 +58,11 @@ class SlideConfig:
     max_attempts: int = cli.option(3, "Runs of a slide that never completes (the process was "
                                    "killed or crashed on it, or it failed) before it is given "
                                    "up as an error row; --overwrite starts the count again.")
+    slide_timeout_seconds: float = cli.option(
+        0.0, "Stop a slide still being read this many seconds after it started, as an error "
+        "row (counted as a run, see --max_attempts); 0: no limit. A read hung inside OpenSlide "
+        "is not interrupted: the scheduler's own time limit ends that process, and the next "
+        "run counts the attempt.")
     lock_expiry_seconds: float = cli.option(
         600.0, "A slide's lock (OUTPUT_DIR/.cohort/<name>.lock, touched by its holder every "
         "quarter of this) left this long untouched belongs to a killed worker and is broken.")
@@ -84,7 +89,8 @@ class SlideConfig:
             (self.tta in TTA_MODES, f"--tta={self.tta!r}: use one of {', '.join(TTA_MODES)}"),
             (self.num_shards >= 0, "--num_shards must be >= 0"),
             (self.max_attempts >= 1, "--max_attempts must be >= 1"),
-            (self.lock_expiry_seconds >= 1, "--lock_expiry_seconds must be >= 1"))
+            (self.lock_expiry_seconds >= 1, "--lock_expiry_seconds must be >= 1"),
+            (self.slide_timeout_seconds >= 0, "--slide_timeout_seconds must be >= 0"))
         for ok, message in checks:
             if not ok:
                 raise SlideConfigError(message)

@@ -95,10 +95,17 @@ def _counts(grid, info, num_tissue: int, probability, idc, unreadable: list) -> 
             "mean_idc_probability": float(np.mean(probability)) if len(probability) else None}
 
 
-def _predict(path: str, grid, col, row, config: SlideConfig, served, strategy, scale: dict):
+def _predict(path: str, grid, col, row, config: SlideConfig, served, strategy, scale: dict,
+             start: float):
     """(index int64 [n], probability float32 [n] in tile order, unreadable regions, seconds)
-    of the tissue tiles (col, row int [N]); SlideError if the reading stopped."""
+    of the tissue tiles (col, row int [N]); SlideError if the reading stopped, or ran past
+    --slide_timeout_seconds from `start` (time.perf_counter())."""
     report = tiles.ReadReport()
+    if config.slide_timeout_seconds:
+        report.deadline = time.monotonic() + config.slide_timeout_seconds - (
+            time.perf_counter() - start)
+        report.timeout_message = (f"{path}: stopped after --slide_timeout_seconds="
+                                  f"{config.slide_timeout_seconds:g} ({len(col):,} tissue tiles)")
     dataset = tiles.tile_dataset(path, grid, col, row, config.batch_size, config.read_threads,
                                  report)
     start = time.perf_counter()
@@ -129,7 +136,7 @@ def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale
         with outputs.staged_slide_dir(config.output_dir, name) as folder:
             outputs.write_png(os.path.join(folder, outputs.MASK_PNG), mask.mask)
             index, probability, unreadable, inference_seconds = _predict(
-                path, grid, col, row, config, served, strategy, scale)
+                path, grid, col, row, config, served, strategy, scale, start)
             counts = _write_outputs(folder, path, info, grid, thumb, col, row, index,
                                     probability, unreadable, threshold)
             summary = {

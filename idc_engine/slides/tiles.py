@@ -18,6 +18,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import math
+import time
 
 import numpy as np
 
@@ -130,9 +131,12 @@ def _done(future, failures: list):
 @dataclasses.dataclass
 class ReadReport:
     """What reading a slide's tiles met: the tiles OpenSlide could not decode (read_tiles'
-    failures; the rest went on), and the SlideError that stopped the reading, if one did."""
+    failures; the rest went on), and the SlideError that stopped the reading, if one did.
+    deadline: time.monotonic() after which the reading stops (--slide_timeout_seconds)."""
     unreadable: list = dataclasses.field(default_factory=list)
     stopped_by: SlideError | None = None
+    deadline: float | None = None
+    timeout_message: str = ""
 
 
 def tile_dataset(path: str, grid: TileGrid, col, row, batch_size: int, threads: int,
@@ -144,7 +148,11 @@ def tile_dataset(path: str, grid: TileGrid, col, row, batch_size: int, threads: 
 
     def generate():
         try:
-            yield from read_tiles(path, grid, col, row, threads, report.unreadable)
+            for batch in read_tiles(path, grid, col, row, threads, report.unreadable):
+                if report.deadline is not None and time.monotonic() > report.deadline:
+                    report.stopped_by = SlideError(report.timeout_message)
+                    return
+                yield batch
         except SlideError as e:
             report.stopped_by = e
 
