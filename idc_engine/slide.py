@@ -3,14 +3,18 @@
     python -m idc_engine.slide --model_dir=runs/demo/cancernet --output_dir=slides_out SLIDE...
     python -m idc_engine.slide ... --slide_um_per_pixel=0.25 --num_cpu_devices=2 scan.tiff
     python -m idc_engine.slide ... --slide_um_per_pixel=0.5 --override_slide_scale 72dpi.tiff
+    python -m idc_engine.slide ... /data/cohort/ @more_slides.txt      # folders, lists
+    python -m idc_engine.slide --summarize OUT                         # the cohort table alone
 
 Every format OpenSlide reads (.svs, .ndpi, .mrxs, pyramidal TIFF, DICOM, ...). Each slide is
 tiled at the model's training scale (export/preprocessing.json: 4.0 um/px, 50x50 patches) from
 the pyramid level nearest it without being coarser, its background glass skipped by a tissue
 mask; tiles are read in parallel, streamed through tf.data and resized to 50x50 on the device,
-under the same tf.distribute strategies as training. OUT/<slide name>/ gets tiles.csv,
+under the same tf.distribute strategies as training. OUT/<name>/ gets tiles.csv,
 idc.geojson (QuPath), heatmap.png, tissue_mask.png and summary.json (idc_engine/slides/outputs.py),
-all at once when the slide is done.
+all at once when the slide is done; OUT/cohort.csv a row per slide. Reruns skip finished
+slides, and workers sharing a list (--shard, Slurm arrays, Indexed Jobs) never process one
+slide twice: idc_engine/slides/cohort.py.
 
 The slide's scale is its file's (OpenSlide's openslide.mpp-x/mpp-y: a vendor's field or a TIFF's
 resolution tags), else --slide_um_per_pixel; --override_slide_scale makes the flag win over a

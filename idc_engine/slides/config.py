@@ -23,7 +23,9 @@ class SlideConfigError(errors.EngineError, ValueError):
 class SlideConfig:
     model_dir: str = cli.option("", "A training run (python -m idc_engine.train), its export/ "
                                 "folder or export/saved_model: the SavedModel evaluate uses.")
-    output_dir: str = cli.option("", "Where each slide's outputs go: OUTPUT_DIR/<slide name>/.")
+    output_dir: str = cli.option("", "Where each slide's outputs go: OUTPUT_DIR/<file name up to its "
+                                 "first dot, then _2, _3, ... for further slides of that name>/, "
+                                 "and the cohort table OUTPUT_DIR/cohort.csv.")
     slide_um_per_pixel: float | None = cli.option(
         None, "Level-0 micrometres per pixel of slides without openslide.mpp-x/mpp-y (e.g. 0.25 "
         "for a 40x scan); a slide's own scale wins unless --override_slide_scale.")

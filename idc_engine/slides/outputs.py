@@ -1,4 +1,4 @@
-"""What a slide's run writes in OUT/<slide name>/, each file atomically (complete or absent):
+"""What a slide's run writes in OUT/<name>/, each file atomically (complete or absent):
 
     tiles.csv         x,y,width,height,idc_probability,idc: one row per tissue tile read, x, y
                       its top-left corner and width, height its size, in level-0 pixels; idc =
@@ -10,7 +10,7 @@
     heatmap.png       idc_engine/slides/heatmap.py
     summary.json      written last: counts, areas, the scale, timings, unreadable regions
 
-The files are written into OUT/<slide name>.partial/, which replaces OUT/<slide name>/ in one
+The files are written into OUT/<name>.partial/, which replaces OUT/<name>/ in one
 step once summary.json is in it (staged_slide_dir): a slide that fails part-way leaves no
 folder of its own, and an earlier run's complete one as it was, never old and new files mixed.
 """
