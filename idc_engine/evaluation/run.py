@@ -29,6 +29,7 @@ from idc_engine.evaluation import (
     tta_comparison,
 )
 from idc_engine.evaluation.config import EvaluateConfig, EvaluationError
+from idc_engine.inference import runtime as runtime_lib
 from idc_engine.inference import serving, tta
 from idc_engine.scoring import metrics as metrics_lib
 from idc_engine.scoring import thresholds
@@ -246,7 +247,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     check_inputs(config)
     output_dir = config.resolved_output_dir
     os.makedirs(output_dir, exist_ok=True)
-    plain = serving.ServedModel(config.saved_model_dir)
+    runtime = runtime_lib.choose(config.run_dir.export, config.runtime)
+    plain = runtime_lib.load(config.run_dir.export, runtime)
     served = tta.with_tta(plain, config.tta)
     step = model_step(config.run_dir)
     threshold, details, tuning = choose_threshold(config, served)
@@ -259,6 +261,7 @@ def evaluate(config: EvaluateConfig) -> dict:
     figures = draw_figures(config, scores, tuning, output_dir, step) if config.figures else {}
     slides = draw_slide_maps(config, scores, output_dir) if config.figures else {}
     result = _result(config, step, record, threshold_file, scores, figures, slides)
+    result.update(runtime.record())
     if evaluated.idc_probability_uncalibrated is not None:
         result["calibration_effect"], figure = calibration_report.compare(
             evaluated, config.run_dir.export.calibration, config.split,

@@ -10,6 +10,7 @@ import os
 
 from idc_engine import cli, errors
 from idc_engine.data import records
+from idc_engine.inference import runtime as runtime_lib
 from idc_engine.inference.tta import TTA_MODES
 from idc_engine.slides.reader import MICROSCOPE_UM_PER_PIXEL
 from idc_engine.training.run_dir import ExportPaths
@@ -46,6 +47,8 @@ class SlideConfig:
     tta: str = cli.option("none", "Test-time augmentation: none, or d4 (each tile's mean P(IDC) "
                           "over its 8 rotations and mirror images, one model call of 8x the "
                           "batch; about 8x the model's cost).")
+    runtime: str = cli.option("auto", runtime_lib.HELP + " The int8 model runs on the CPU, "
+                              "outside the strategy.")
 
     def validate(self) -> None:
         """Raises SlideConfigError naming the first bad flag."""
@@ -66,7 +69,9 @@ class SlideConfig:
             (self.strategy in ("auto", "default", "mirrored"),
              "--strategy must be auto, default or mirrored"),
             (self.num_cpu_devices >= 1, "--num_cpu_devices must be >= 1"),
-            (self.tta in TTA_MODES, f"--tta={self.tta!r}: use one of {', '.join(TTA_MODES)}"))
+            (self.tta in TTA_MODES, f"--tta={self.tta!r}: use one of {', '.join(TTA_MODES)}"),
+            (self.runtime in runtime_lib.RUNTIMES,
+             f"--runtime={self.runtime!r}: use one of {', '.join(runtime_lib.RUNTIMES)}"))
         for ok, message in checks:
             if not ok:
                 raise SlideConfigError(message)

@@ -26,6 +26,7 @@ offered (python -m idc_engine.predict/evaluate/slide --runtime=auto) only when p
 import contextlib
 import io
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -118,8 +119,10 @@ def quantize(body: keras.Model, representative: np.ndarray) -> bytes:
             yield [representative[start:start + 32]]
 
     converter.representative_dataset = batches
-    # the converter prints the temporary SavedModel's signature: the commands' stdout is theirs
-    with contextlib.redirect_stdout(io.StringIO()):
+    # the converter prints the temporary SavedModel's signature (the commands' stdout is
+    # theirs) and warns that the float32 input has no statistics (the network quantizes it)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs")
         return converter.convert()
 
 
