@@ -31,10 +31,10 @@ CSV columns (one row per file, in the order given, folders sorted):
     patient_id, x, y, label   from a Kaggle-style name <patient>_idx5_x<X>_y<Y>_class<C>.png
                      (the label in the name is the annotation), or from the records of a split
     note             e.g. padding, a grayscale/RGBA/JPEG image converted to RGB
+    runtime          what served the prediction: savedmodel or int8 (--runtime; the summary
+                     printed says why)
 
-The CSV is written under a temporary name and renamed when complete; then `<output>.json`
-beside it: the export, the runtime that served it and why (--runtime, inference/runtime.py),
-the threshold and the counts.
+The CSV is written under a temporary name and renamed when complete.
 """
 
 
@@ -44,7 +44,7 @@ import logging as std_logging
 from absl import app
 from absl import logging as absl_logging
 
-from idc_engine import atomic_files, cli
+from idc_engine import cli
 from idc_engine.inference import patch_files, prediction_csv, prediction_rows, tta
 from idc_engine.inference import runtime as runtime_lib
 from idc_engine.training.run_dir import THRESHOLD_FILE, find_export, load_threshold
@@ -106,13 +106,9 @@ def main(argv) -> int:
     else:
         rows = prediction_rows.predict_split_rows(predictor, config.data_dir, config.split,
                                                   threshold.value, config.batch_size)
-    summary = prediction_csv.write_csv(rows, config.output)
-    atomic_files.write_json_atomically(config.output + ".json", {
-        "model": paths.export_dir, **runtime.record(), "tta": config.tta,
-        "threshold": threshold.value, "threshold_source": threshold.source,
-        "rows": summary.rows, "predicted": summary.predicted, "csv": config.output})
+    summary = prediction_csv.write_csv(rows, config.output, runtime.name)
     print(prediction_csv.format_summary(summary, threshold, config.output, listing))
-    print(f"  runtime: {runtime.name} ({runtime.reason}); {config.output}.json records it")
+    print(f"  runtime: {runtime.name} ({runtime.reason})")
     return 0
 
 

@@ -287,7 +287,7 @@ def _copy_run(model_dir, tmp_path) -> str:
 def evaluation(trained, eval_data):
     data_dir, _ = eval_data
     return evaluate(EvaluateConfig(model_dir=trained, data_dir=data_dir, bootstrap=300,
-                                   slides="2", batch_size=128))
+                                   slides="2", batch_size=128, runtime="savedmodel"))
 
 
 def _predictions(output_dir):

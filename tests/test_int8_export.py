@@ -6,12 +6,16 @@ its val split: the exported int8 model serves what the SavedModel serves; the na
 perturbed just past each tolerance and offers them just inside it.
 """
 
+import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from idc_engine.inference import serving
+from idc_engine.inference import runtime, serving
 from idc_engine.scoring import calibration, parity
 from idc_engine.training import int8_export, int8_model, run_dir
 
@@ -142,3 +146,63 @@ def test_slide_idc_fraction_tolerance():
     assert parity.idc_fractions(reference, near, 0.5)["passed"]
     near[489:491] = 0.5  # 11 more: 0.011
     assert not parity.idc_fractions(reference, near, 0.5)["passed"]
+
+
+# --- the runtime a command uses ----------------------------------------------------------------
+
+def _export_copy(exported, tmp_path, offered: bool | None):
+    """A copy of the export whose int8_parity.json says `offered` (None: no int8 model)."""
+    import shutil
+
+    paths = exported[0]
+    copy = tmp_path / "export"
+    shutil.copytree(paths.export_dir, copy)
+    copied = run_dir.ExportPaths.of(str(copy))
+    if offered is None:
+        os.remove(copied.int8)
+    else:
+        with open(copied.int8_parity) as f:
+            record = json.load(f)
+        record.update(offered=offered, reason="the test's reason")
+        with open(copied.int8_parity, "w") as f:
+            json.dump(record, f)
+    return copied
+
+
+def test_auto_uses_int8_only_when_offered_and_int8_is_refused_otherwise(exported, tmp_path):
+    offered = _export_copy(exported, tmp_path / "offered", True)
+    assert runtime.choose(offered, "auto").name == "int8"  # the suite runs without a GPU
+    assert runtime.choose(offered, "int8").name == "int8"
+    assert runtime.choose(offered, "savedmodel").name == "savedmodel"
+    refused = _export_copy(exported, tmp_path / "refused", False)
+    chosen = runtime.choose(refused, "auto")
+    assert chosen.name == "savedmodel" and "the test's reason" in chosen.reason
+    with pytest.raises(run_dir.ExportError, match="int8_parity.json.*the test's reason"):
+        runtime.choose(refused, "int8")
+    absent = _export_copy(exported, tmp_path / "absent", None)
+    assert runtime.choose(absent, "auto").name == "savedmodel"
+    with pytest.raises(run_dir.ExportError, match="no int8 model"):
+        runtime.choose(absent, "int8")
+
+
+def test_commands_record_the_runtime(exported, trained_model_dir, eval_data, tmp_path):
+    """predict's CSV rows and evaluate's metrics.json name the runtime that served them; a
+    refused int8 model is an error naming its parity file (exit 2)."""
+    output = tmp_path / "p.csv"
+    command = [sys.executable, "-m", "idc_engine.predict", f"--model={trained_model_dir}",
+               f"--data_dir={eval_data[0]}", "--split=val", f"--output={output}"]
+    result = subprocess.run([*command, "--runtime=int8"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(output, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["runtime"] for row in rows} == {"int8"}
+    assert "runtime: int8 (--runtime=int8; parity at export:" in result.stdout
+    # the rows are the int8 model's probabilities, in the split's order
+    served = int8_model.Int8Model(exported[0])(exported[1])
+    np.testing.assert_allclose([float(row["idc_probability"]) for row in rows], served,
+                               atol=1e-6)
+    refused = _export_copy(exported, tmp_path / "refused", False)
+    result = subprocess.run([*command, f"--model={refused.export_dir}", "--runtime=int8"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "error: --runtime=int8 refused" in result.stderr
