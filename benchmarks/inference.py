@@ -44,7 +44,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from benchmarks import quick
+from benchmarks import litert, quick
 from benchmarks.report import BenchmarkReport
 
 FLAGS = flags.FLAGS
@@ -188,38 +188,17 @@ def timed_paths(paths, pre: dict, images, png_files, batch_sizes, work: str) -> 
 
     if pre.get("stain_normalization", {}).get("method", "none") != "none":
         raise app.UsageError("the LiteRT float path takes exports without stain normalisation")
-    int8_paths, int8_source = int8_export_paths(paths, model, pre, images, work)
-    litert = litert_paths(int8_paths, model, images)
+    int8_paths, int8_source = litert.int8_export_paths(paths, model, pre, images, work)
+    lite = litert_paths(int8_paths, model, images)
 
     timed = {}
     for batch_size in batch_sizes:
         for name, run in (("saved_model", run_saved_model), ("keras_function", run_keras_function),
-                          ("keras_predict", run_keras_predict), *litert.items()):
+                          ("keras_predict", run_keras_predict), *lite.items()):
             timed[f"{name}_b{batch_size}"] = (lambda b=batch_size, run=run: run(b), len(images))
     timed["predict_files_png_b256"] = (run_predict_files, len(png_files))
     timed["png_decode_only"] = (run_decode, len(png_files))
     return timed, int8_source
-
-
-def int8_export_paths(paths, model, pre: dict, images, work: str):
-    """(export paths whose int8 model is used, where it comes from): the export's (and whether
-    parity held there), or, without one, quantized into `work` by its recipe from `images`."""
-    import dataclasses
-    import json
-
-    from idc_engine.training import int8_export
-
-    if os.path.isfile(paths.int8):
-        with open(paths.int8_parity) as f:
-            return paths, f"the export's (offered: {json.load(f)['offered']})"
-    body, weight, bias = int8_export.fold_for_int8(model)
-    mean, std = np.float32(pre["channel_mean"]), np.float32(pre["channel_std"])
-    paths = dataclasses.replace(paths, int8=os.path.join(work, "model_int8.tflite"),
-                                int8_head=os.path.join(work, "model_int8_head.npz"))
-    with open(paths.int8, "wb") as f:
-        f.write(int8_export.quantize(body, (images[:1024] - mean) / std))
-    np.savez(paths.int8_head, weight=weight, bias=bias)
-    return paths, f"quantized here from {min(len(images), 1024)} benchmark images"
 
 
 def litert_paths(int8_paths, model, images) -> dict:

@@ -164,7 +164,10 @@ def test_slide_inference_quick_reports_every_phase_and_the_peak_memory(tmp_path)
         "end_to_end_vs_slower_of_read_and_model", "end_to_end_vs_plain_loop",
         "shared_cores_ceiling_tiles_per_s", "shared_cores_ceiling_vs_slower_of_read_and_model",
         "end_to_end_vs_shared_cores_ceiling", "model_alone_vs_plain_loop",
-        "peak_rss_mb_cli_slide", "peak_rss_mb_cli_quarter_slide"])
+        "peak_rss_mb_cli_slide", "peak_rss_mb_cli_quarter_slide",
+        "engine_end_to_end_int8_tiles_per_s", "model_alone_int8_tiles_per_s",
+        "end_to_end_int8_vs_plain_loop", "end_to_end_int8_vs_savedmodel",
+        "model_alone_int8_vs_savedmodel"])
     assert report["config"]["tissue_tiles"] > 0
 
 
