@@ -22,11 +22,12 @@ from idc_engine.training import int8_export, int8_model, run_dir
 
 @pytest.fixture(scope="module")
 def exported(trained_model_dir, eval_data):
-    """(export paths, val uint8 images, labels, SavedModel's calibrated P(IDC) float32 [N])."""
+    """(export paths, val uint8 images, labels, SavedModel's calibrated P(IDC) float32 [N],
+    patient ids)."""
     paths = run_dir.find_export(trained_model_dir)
-    images, labels = int8_export.val_split(eval_data[0])
+    images, labels, patients = int8_export.val_split(eval_data[0])
     reference = serving.ServedModel(paths.saved_model)(images)
-    return paths, images, labels, reference
+    return paths, images, labels, reference, patients
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_export_writes_the_int8_model_and_its_parity_record(exported):
 
 
 def test_int8_model_serves_what_the_savedmodel_serves(exported):
-    paths, images, labels, reference = exported
+    paths, images, labels, reference, _ = exported
     served = int8_model.Int8Model(paths)
     outputs = served.outputs(images)
     assert outputs["idc_probability"].dtype == np.float32
@@ -72,7 +73,7 @@ def test_the_exported_recipe_passes_and_the_naive_one_is_refused(exported, expor
     0.079), the float head alone 5 (0.033), the exported recipe none (0.013)."""
     import keras
 
-    paths, images, labels, reference = exported
+    paths, images, labels, reference, _ = exported
     model = keras.models.load_model(paths.keras)
     with open(paths.preprocessing) as f:
         pre = json.load(f)
@@ -93,20 +94,21 @@ def test_the_exported_recipe_passes_and_the_naive_one_is_refused(exported, expor
     assert refused["mean_abs_difference"] > 2 * offered["mean_abs_difference"]
 
 
-def _flip(reference, threshold, count: int):
-    """reference with the `count` patches outside threshold +- band nearest to it moved to the
-    other side of the threshold (mirrored about it): `count` decisions changed."""
+def _flip(reference, threshold, count: int, among=None):
+    """reference with the `count` patches outside threshold +- band nearest to it (of those
+    where `among`, bool [N], is true) moved to the other side of the threshold (mirrored about
+    it): `count` decisions changed."""
     band = parity.Tolerance().band
     candidate = reference.astype(np.float64).copy()
     distance = np.abs(reference - threshold)
-    outside = np.flatnonzero(distance > band)
+    outside = np.flatnonzero((distance > band) & (True if among is None else among))
     nearest = outside[np.argsort(distance[outside], kind="stable")[:count]]
     candidate[nearest] = np.clip(2 * threshold - reference[nearest], 0, 1)
     return candidate
 
 
 def test_gate_refuses_one_flip_past_the_agreement_tolerance(exported, exported_threshold):
-    _, _, labels, reference = exported
+    _, _, labels, reference, _ = exported
     outside = int(np.sum(np.abs(reference - exported_threshold) > parity.Tolerance().band))
     allowed = int(np.floor(outside * (1 - parity.Tolerance().agreement) + 1e-9))
     inside = parity.measure(labels, reference, _flip(reference, exported_threshold, allowed),
@@ -123,7 +125,7 @@ def test_gate_refuses_an_auc_change_just_past_its_tolerance(exported, exported_t
     """A real perturbation (the probabilities of the patches within 0.2 of the threshold
     shuffled among them) whose AUC change d is refused under a tolerance just below d and
     offered just above (agreement not required here: the shuffle changes decisions too)."""
-    _, _, labels, reference = exported
+    _, _, labels, reference, _ = exported
     candidate = reference.astype(np.float64).copy()
     band = np.flatnonzero(np.abs(reference - exported_threshold) <= 0.2)
     candidate[band] = candidate[band][np.random.default_rng(0).permutation(len(band))]
@@ -135,6 +137,28 @@ def test_gate_refuses_an_auc_change_just_past_its_tolerance(exported, exported_t
     assert parity.measure(labels, reference, candidate, exported_threshold, just_inside)["passed"]
     refused = parity.measure(labels, reference, candidate, exported_threshold, just_outside)
     assert not refused["passed"] and "ROC-AUC" in refused["reason"], refused
+
+
+def test_gate_refuses_a_patients_slide_whose_idc_fraction_moves_past_its_tolerance(
+        exported, exported_threshold):
+    """The val patient with most patches (a slide of the dataset): floor(0.01 n) changed
+    decisions are within the IDC fraction's tolerance, one more is refused."""
+    _, _, labels, reference, patients = exported
+    names, counts = np.unique(patients, return_counts=True)
+    largest = patients == names[np.argmax(counts)]
+    allowed = int(np.floor(counts.max() * parity.Tolerance().idc_fraction_difference + 1e-9))
+    # every patient's slide checked, the other tolerances left out
+    tolerance = parity.Tolerance(auc_difference=1.0, agreement=0.0, min_slide_patches=1)
+    inside, past = (parity.measure(labels, reference,
+                                   _flip(reference, exported_threshold, count, largest),
+                                   exported_threshold, tolerance, patient_id=patients)
+                    for count in (allowed, allowed + 1))
+    assert inside["passed"], inside
+    assert not past["passed"] and "IDC fraction of 1 of" in past["reason"], past["reason"]
+    # with the default tolerance only patients of >= 200 patches are checked
+    checked = parity.measure(labels, reference, reference, exported_threshold,
+                             patient_id=patients)["slides"]
+    assert [row["checked"] for row in checked] == [n >= 200 for n in counts]
 
 
 def test_slide_idc_fraction_tolerance():

@@ -262,6 +262,9 @@ def evaluate(config: EvaluateConfig) -> dict:
     slides = draw_slide_maps(config, scores, output_dir) if config.figures else {}
     result = _result(config, step, record, threshold_file, scores, figures, slides)
     result.update(runtime.record())
+    if runtime.name == "int8":  # beside the int8 model's metrics, its parity measured at export
+        with open(config.run_dir.export.int8_parity) as f:
+            result["int8_parity_at_export"] = json.load(f)
     if evaluated.idc_probability_uncalibrated is not None:
         result["calibration_effect"], figure = calibration_report.compare(
             evaluated, config.run_dir.export.calibration, config.split,

@@ -9,6 +9,11 @@ probability both serve, at the exported decision threshold:
     (inside the band a flip is the noise of any two runtimes, and no decision is firm there)
     max and mean |dP|, ECE of each                               recorded
     per slide, the difference in the fraction of IDC tiles       <= idc_fraction_difference
+
+The dataset's patients are slides (each patient's patches tile one whole-mount slide), so with
+patient ids the IDC fraction of each patient is checked too: of the patients with at least
+min_slide_patches patches, where one changed decision moves the fraction by at most half the
+tolerance (fewer patches are recorded, not checked: one decision would exceed it).
 """
 
 import dataclasses
@@ -25,6 +30,7 @@ class Tolerance:
     agreement: float = 0.995
     band: float = 0.02
     idc_fraction_difference: float = 0.01
+    min_slide_patches: int = 200
 
 
 def _auc(labels, probability) -> float | None:
@@ -33,9 +39,10 @@ def _auc(labels, probability) -> float | None:
 
 
 def measure(labels, reference, candidate, threshold: float,
-            tolerance: Tolerance = Tolerance()) -> dict:
-    """labels int [N] in {0, 1}; reference, candidate: P(IDC) float [N] of the same patches
-    -> the figures above, "passed" (bool) and "reason" (why it failed, or what held)."""
+            tolerance: Tolerance = Tolerance(), patient_id=None) -> dict:
+    """labels int [N] in {0, 1}; reference, candidate: P(IDC) float [N] of the same patches;
+    patient_id str [N] or None -> the figures above, "passed" (bool) and "reason" (why it
+    failed, or what held)."""
     labels = np.asarray(labels)
     reference = np.asarray(reference, np.float64)
     candidate = np.asarray(candidate, np.float64)
@@ -57,8 +64,23 @@ def measure(labels, reference, candidate, threshold: float,
         "ece_candidate": metrics_lib.calibration_bins(labels, candidate)[
             "expected_calibration_error"],
         "tolerance": dataclasses.asdict(tolerance)}
+    if patient_id is not None:
+        record["slides"] = _per_patient(reference, candidate, threshold, tolerance, patient_id)
     record["passed"], record["reason"] = _verdict(record, tolerance)
     return record
+
+
+def _per_patient(reference, candidate, threshold: float, tolerance: Tolerance,
+                 patient_id) -> list[dict]:
+    """idc_fractions of each patient's patches, with "patient", "num_patches" and "checked"."""
+    patient_id = np.asarray(patient_id)
+    rows = []
+    for patient in sorted(set(patient_id.tolist())):
+        mine = patient_id == patient
+        rows.append({"patient": str(patient), "num_patches": int(mine.sum()),
+                     "checked": bool(mine.sum() >= tolerance.min_slide_patches),
+                     **idc_fractions(reference[mine], candidate[mine], threshold, tolerance)})
+    return rows
 
 
 def _verdict(record: dict, tolerance: Tolerance) -> tuple[bool, str]:
@@ -73,9 +95,18 @@ def _verdict(record: dict, tolerance: Tolerance) -> tuple[bool, str]:
         return False, (f"decisions agree on {agreement:.2%} of the "
                        f"{record['patches_outside_band']} patches outside threshold +- "
                        f"{tolerance.band} < {tolerance.agreement:.1%}")
+    checked = [row for row in record.get("slides", []) if row["checked"]]
+    failed = [row for row in checked if not row["passed"]]
+    if failed:
+        worst = max(failed, key=lambda row: row["difference"])
+        return False, (f"the IDC fraction of {len(failed)} of {len(checked)} patients' slides "
+                       f"differs by more than {tolerance.idc_fraction_difference} (patient "
+                       f"{worst['patient']}: {worst['difference']:.4f})")
+    slides = (f"; every IDC fraction of {len(checked)} patients' slides within "
+              f"{tolerance.idc_fraction_difference}" if checked else "")
     return True, (f"ROC-AUC within {auc_difference:.4f}, decisions agree on "
                   + (f"{agreement:.2%}" if agreement is not None else "every patch")
-                  + f" outside threshold +- {tolerance.band}")
+                  + f" outside threshold +- {tolerance.band}{slides}")
 
 
 def idc_fractions(reference, candidate, threshold: float,

@@ -149,15 +149,19 @@ def representative_patches(data_dir: str, count: int = REPRESENTATIVE_PATCHES,
     return np.stack([image for patient in sorted(kept) for image in kept[patient]])
 
 
-def val_split(data_dir: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(uint8 [N, 50, 50, 3], labels int64 [N]) of the val split; None without one."""
+def val_split(data_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(uint8 [N, 50, 50, 3], labels int64 [N], patient ids str [N]) of the val split; None
+    without one."""
     from idc_engine.input import pipeline
 
     if "val" not in manifest_lib.load_manifest(data_dir).get("splits", {}):
         return None
-    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in pipeline.make_dataset(
-        data_dir, "val", 512, training=False, deterministic=True)))
-    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+    images, labels, patients = zip(*(
+        (x.numpy(), y.numpy(), metadata["patient_id"].numpy()) for x, y, metadata in
+        pipeline.make_dataset(data_dir, "val", 512, training=False, with_metadata=True,
+                              deterministic=True)))
+    return (np.concatenate(images), np.concatenate(labels).astype(np.int64),
+            np.array([p.decode() for p in np.concatenate(patients)]))
 
 
 def write_int8(portable: keras.Model, target: run_dir.ExportPaths, preprocessing: dict,
@@ -199,11 +203,11 @@ def _quantize_and_measure(body, weight, bias, target: run_dir.ExportPaths, prepr
         f.write(quantize(body, inputs))
     with atomic_files.replace_atomically(target.int8_head, "wb") as f:
         np.savez(f, weight=weight, bias=bias)
-    images, labels = val
+    images, labels, patients = val
     served = int8_model.Int8Model(target)
     batches = range(0, len(images), 512)
     candidate = np.concatenate([served(images[i:i + 512]) for i in batches])
     expected = np.concatenate([np.asarray(reference(images[i:i + 512])) for i in batches])
-    measured = parity.measure(labels, expected, candidate, threshold)
+    measured = parity.measure(labels, expected, candidate, threshold, patient_id=patients)
     return {"representative_patches": int(len(patches)), "parity_on": "val",
             "val": measured, "offered": measured["passed"], "reason": measured["reason"]}
