@@ -194,6 +194,8 @@ def write_int8(portable: keras.Model, target: run_dir.ExportPaths, preprocessing
 
 def _quantize_and_measure(body, weight, bias, target: run_dir.ExportPaths, preprocessing: dict,
                           data_dir: str, val, reference, threshold: float) -> dict:
+    """Quantizes `body` on representative train patches, writes it and the float head, then
+    measures parity on `val` ((images, labels, patients)); returns the record's fields."""
     patches = representative_patches(data_dir)
     stain = preprocessing.get("stain_normalization")
     inputs = model_input(patches, preprocessing["image_size"], preprocessing["channel_mean"],
