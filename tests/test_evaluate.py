@@ -454,7 +454,8 @@ def test_changing_the_test_labels_does_not_change_the_threshold(trained, eval_da
     assert [r["label"] for p in shard_paths(flipped, manifest, "test") for r in read_records(p)] \
         != [r["label"] for p in shard_paths(data_dir, manifest, "test") for r in read_records(p)]
     run = _copy_run(trained, tmp_path)
-    result = evaluate(EvaluateConfig(model_dir=run, data_dir=flipped, bootstrap=0, slides="0"))
+    result = evaluate(EvaluateConfig(model_dir=run, data_dir=flipped, bootstrap=0, slides="0",
+                                     runtime="savedmodel"))
     written = json.loads(open(os.path.join(run, "export", "threshold.json")).read())
     assert written["threshold"] == result["threshold"]["threshold"] == \
         evaluation["threshold"]["threshold"]

@@ -252,7 +252,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     served = tta.with_tta(plain, config.tta)
     step = model_step(config.run_dir)
     threshold, details, tuning = choose_threshold(config, served)
-    record = threshold_record(config, threshold, details, step)
+    # the runtime whose val predictions chose it (with auto, the int8 model's on a CPU)
+    record = {**threshold_record(config, threshold, details, step), "chosen_with": runtime.name}
     threshold_file = run_dir.write_threshold(config.run_dir.export.export_dir,
                                              report.plain(record))
     same_split = tuning is not None and config.split == config.threshold_split

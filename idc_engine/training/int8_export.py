@@ -72,10 +72,26 @@ def _bn_scale_shift(bn) -> tuple[np.ndarray, np.ndarray]:
 def fold_for_int8(model: keras.Model) -> tuple[keras.Model, np.ndarray, np.ndarray]:
     """CancerNet (models/cancernet.py) -> (body: float32 [N, S, S, 3] normalized images ->
     float32 [N, 256], the head's ReLU; head weight float32 [256, 2], bias float32 [2]): the
-    same function as `model`'s logits, rearranged as the module docstring says."""
+    same function as `model`'s logits, rearranged as the module docstring says. The body is
+    float32 whatever the global policy (a mixed-precision run's export happens under it)."""
     names = {layer.name for layer in model.layers}
     if not {"block1_sepconv1", "head_dense", "head_bn", "logits"} <= names:
         raise Int8Unsupported(f"model {model.name!r} is not CancerNet: no int8 recipe for it")
+    policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        body = _folded_body(model)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    scale, shift = _bn_scale_shift(model.get_layer("head_bn"))
+    weight, bias = model.get_layer("logits").get_weights()
+    head_weight = (weight * scale[:, None]).astype(np.float32)
+    head_bias = (bias + shift @ weight).astype(np.float32)
+    return body, head_weight, head_bias
+
+
+def _folded_body(model: keras.Model) -> keras.Model:
+    """fold_for_int8's body, built under the current policy."""
     inputs = keras.Input(model.input_shape[1:], name="images")
     x = inputs
     for block, convs in ((1, 1), (2, 2), (3, 3)):
@@ -86,11 +102,7 @@ def fold_for_int8(model: keras.Model) -> tuple[keras.Model, np.ndarray, np.ndarr
     dense = layers.Dense(256)
     x = layers.ReLU()(dense(x))
     dense.set_weights(model.get_layer("head_dense").get_weights())
-    scale, shift = _bn_scale_shift(model.get_layer("head_bn"))
-    weight, bias = model.get_layer("logits").get_weights()
-    head_weight = (weight * scale[:, None]).astype(np.float32)
-    head_bias = (bias + shift @ weight).astype(np.float32)
-    return keras.Model(inputs, x, name="cancernet_int8_body"), head_weight, head_bias
+    return keras.Model(inputs, x, name="cancernet_int8_body")
 
 
 def _folded_sepconv(model, block: int, index: int, x):
