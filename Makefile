@@ -35,17 +35,12 @@ docs: setup
 docs-serve: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict
 
-# The full measurements. `make benchmarks BENCHMARK_FLAGS=--quick` runs each whole command
-# at tiny sizes instead, in seconds to minutes: a check that they still run, not a measurement.
+# The full measurements, one benchmark after the other, into runs/benchmarks (TensorBoard:
+# runs/benchmarks/tensorboard). `make benchmarks BENCHMARK_FLAGS=--quick` runs each whole
+# command at tiny sizes instead, into runs/benchmarks/quick, in about 5 minutes: a check that
+# they still run, not a measurement.
 benchmarks: setup
-	$(PY) -m benchmarks.convert $(BENCHMARK_FLAGS)
-	$(PY) -m benchmarks.input_pipeline $(BENCHMARK_FLAGS)
-	$(PY) -m benchmarks.train_step $(BENCHMARK_FLAGS)
-	$(PY) -m benchmarks.inference $(BENCHMARK_FLAGS)
-	$(PY) -m benchmarks.tta $(BENCHMARK_FLAGS)
-	$(PY) -m benchmarks.stain $(BENCHMARK_FLAGS)
-	$(PY) -m benchmarks.stain_shift $(BENCHMARK_FLAGS)
-	$(PY) -m benchmarks.slide_inference $(BENCHMARK_FLAGS)
+	$(PY) -m benchmarks.all $(BENCHMARK_FLAGS)
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info

@@ -34,8 +34,8 @@ kernel's ru_maxrss; memory in MB): TensorFlow alone (its floor), the resident sa
 through its first step on the train split alone; `resident_*_vs_split` = (peak - TensorFlow's
 floor) / the split's image bytes, and the seconds from process start to the first batch / step.
 
-Results: --output_dir/input_pipeline.json (with the machine), TensorBoard scalars under
---output_dir/tensorboard/, and a printed table.
+Results: --output_dir/input_pipeline.json (with the machine), TensorBoard runs under
+--output_dir/tensorboard/input_pipeline/ (benchmarks/charts.py), and a printed table.
 """
 
 import gc

@@ -40,7 +40,8 @@ policy are process-global), and rounds are interleaved (the order reversed every
 so that the load of a shared machine hits every setting alike. The synthetic dataset is larger
 than the CPU's last-level cache (80 patients, ~13k training patches, ~100 MB resident).
 Results: --output_dir/train_step.json (with the machine: CPU model, cores, memory, GPUs),
-TensorBoard scalars, and a printed table.
+TensorBoard runs under --output_dir/tensorboard/train_step/ (benchmarks/charts.py), and a
+printed table.
 """
 
 import dataclasses

@@ -1,15 +1,19 @@
 """Every benchmark's --quick (benchmarks/quick.py) as a real subprocess: its whole default command
 at tiny sizes, on data the current converter made, so a change of format or API that breaks a
 default command fails here. Each must write its JSON and TensorBoard with every figure it
-reports, finite and positive (zero allowed only for a difference). No timing comparisons: the
-machine is shared."""
+reports, finite and positive (zero allowed only for a difference), each figure in TensorBoard
+in the run and chart benchmarks/charts.py declares for it. No timing comparisons: the machine
+is shared."""
 
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
+import benchmark_events
+import numpy as np
 import pytest
 
 from idc_engine.data import conversion
@@ -17,7 +21,7 @@ from idc_engine.data import conversion
 # benchmarks/ is a folder of the repository, not part of the installed package
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from benchmarks import train_step  # noqa: E402
+from benchmarks import tensorboard_runs, train_step  # noqa: E402
 
 CANCERNET_GRAPH = {"parameters": 1235133, "batchnorm_layers": 7}  # models/cancernet.py
 
@@ -31,8 +35,28 @@ def run_quick(name: str, tmp_path, *extra_flags: str) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / f"{name}.json").read_text())
     assert report["benchmark"] == name and report["config"]["quick"] is True
-    assert os.listdir(out / "tensorboard" / name)
+    check_tensorboard(str(out / "tensorboard" / name), report)
     return report
+
+
+def check_tensorboard(benchmark_dir: str, report: dict) -> None:
+    """Read back: every figure once, at step 0, none undeclared (run `other`); each tag a
+    chart of the layout; each setting run with its HParams."""
+    runs = benchmark_events.setting_runs(benchmark_dir)
+    assert tensorboard_runs.OTHER_RUN not in runs, runs[tensorboard_runs.OTHER_RUN]
+    points = [point for scalars in runs.values() for series in scalars.values()
+              for point in series]
+    assert {step for step, _ in points} == {report["tensorboard"]["step"]} == {0}
+    assert sorted(value for _, value in points) == sorted(
+        float(np.float32(value)) for value in report["results"].values())
+    (layout,) = benchmark_events.layouts(benchmark_dir)
+    charts = [chart.multiline.tag[0] for chart in layout.category[0].chart]
+    tags = {tag for scalars in runs.values() for tag in scalars}
+    assert {tag: len([c for c in charts if re.match(c, tag)]) for tag in tags} == dict.fromkeys(
+        tags, 1)
+    assert all(any(re.match(chart, tag) for tag in tags) for chart in charts)
+    for run in runs:
+        assert benchmark_events.hparams(os.path.join(benchmark_dir, run)), run
 
 
 def check_figures(results: dict, expected: list[str], differences: tuple[str, ...] = ()) -> None:
@@ -180,6 +204,32 @@ def test_stain_shift_quick_fits_the_target_trains_and_evaluates(tmp_path):
     assert all(value <= 1 for value in report["results"].values())
 
 
+def test_all_runs_every_benchmark_asked_and_names_the_one_that_failed(tmp_path):
+    """benchmarks.all --quick on two benchmarks into one folder, one of which cannot write its
+    JSON (a folder stands where it goes): the other still runs and writes everything, the table
+    names the failure, the exit code is 1."""
+    out = tmp_path / "out"
+    (out / "tta.json").mkdir(parents=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.all", "--quick", f"--output_dir={out}",
+         "--benchmarks=tta,convert"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert re.search(r"^  tta +FAILED \(exit 1\) ", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^  convert +ok ", result.stdout, re.MULTILINE), result.stdout
+    assert "IsADirectoryError" in (out / "logs" / "tta.log").read_text()
+    report = json.loads((out / "convert.json").read_text())
+    check_figures(report["results"], ["convert_patches_per_s", "convert_vs_parallel_decode"])
+    check_tensorboard(str(out / "tensorboard" / "convert"), report)
+
+
+def test_all_refuses_an_unknown_benchmark_and_parallel_measurements(tmp_path):
+    for flags, message in ((["--benchmarks=convert,nope"], "--benchmarks: unknown nope"),
+                           (["--jobs=2"], "--jobs=2: only --quick")):
+        result = subprocess.run([sys.executable, "-m", "benchmarks.all", *flags,
+                                 f"--output_dir={tmp_path}"], cwd=REPO, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 2 and f"error: {message}" in result.stderr, result.stderr
+        assert not os.path.exists(tmp_path / "convert.json")
 def test_precision_quick_pairs_the_precisions_on_the_same_folds(tmp_path):
     """Both precisions cross-validated on the same folds and seed, their pooled out-of-fold
     ROC-AUCs, the paired difference with its interval, the rule's verdict and the step rates."""

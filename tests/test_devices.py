@@ -23,10 +23,38 @@ def test_auto_precision_on_gpus_follows_compute_capability_and_says_not_measured
     assert "not measured" in reason and devices.MEASURE_ON_GPU in reason
 
 
-def test_auto_precision_on_cpu_is_float32_as_measured():
-    chosen, reason = devices.resolve_precision("auto", gpu_capabilities=[])
-    assert chosen == "float32"
-    assert "measured" in reason and "not measured" not in reason and "CPU" in reason
+@pytest.mark.parametrize("cpu_bfloat16, policy", [
+    (["avx512_bf16"], "mixed_bfloat16"), (["amx_bf16"], "mixed_bfloat16"), ([], "float32")])
+def test_auto_precision_on_cpu_follows_its_bfloat16_instructions_as_measured(cpu_bfloat16,
+                                                                            policy):
+    chosen, reason = devices.resolve_precision("auto", gpu_capabilities=[],
+                                               cpu_bfloat16=cpu_bfloat16)
+    assert chosen == policy
+    assert "not measured" not in reason and "CPU" in reason
+    assert "docs/benchmarks/precision_cpu.json" in reason  # the accuracy evidence, either way
+    assert all(flag in reason for flag in cpu_bfloat16)
+
+
+def test_the_cpu_evidence_is_the_committed_measurement():
+    """The figures the reason quotes are those of the committed result, and it passed its rule."""
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks",
+                        "precision_cpu.json")
+    with open(path) as f:
+        results = json.load(f)["results"]
+    assert results["non_inferior"] == 1.0
+    quoted = (f"{results['auc_difference_mean']:+.4f} [95% {results['auc_difference_ci95_low']:+.4f}, "
+              f"{results['auc_difference_ci95_high']:+.4f}]")
+    assert quoted in devices.CPU_BFLOAT16_EVIDENCE
+
+
+def test_this_cpu_s_bfloat16_instructions_are_read_from_cpuinfo():
+    flags = devices.cpu_bfloat16_flags()
+    assert set(flags) <= set(devices.BFLOAT16_CPU_FLAGS)
+    assert devices.resolve_precision("auto", gpu_capabilities=[]) == devices.resolve_precision(
+        "auto", gpu_capabilities=[], cpu_bfloat16=flags)
 
 
 @pytest.mark.parametrize("model", ["cancernet", "mobilenet_v2", "plain_cnn", "resnet50"])

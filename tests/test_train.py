@@ -318,7 +318,9 @@ def test_config_tensorboard_and_export(converted, tmp_path):
     summary = loop.train(_config(data_dir, model_dir, train_steps=10, validation_every_steps=5,
                                  input_mode="device"))
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["resolved_precision"] == "float32" and "CPU" in config["precision_reason"]
+    from idc_engine.training import devices  # float32, or mixed_bfloat16 on bfloat16 CPUs
+    assert (config["resolved_precision"], config["precision_reason"]) == \
+        devices.resolve_precision("auto", gpu_capabilities=[])
     assert config["resolved_xla"] is False and config["input_mode"] == "device"
     train = _scalars(str(model_dir / "tensorboard" / "train"))
     assert {"loss", "accuracy", "learning_rate", "images_per_sec", "step_time_ms"} <= set(train)

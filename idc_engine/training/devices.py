@@ -1,13 +1,19 @@
 """Devices, the tf.distribute strategy, and the "auto" choices of precision and XLA.
 
 Every "auto" decision is returned with its reason, and the trainer logs both. On CPU the choices
-were measured by benchmarks/train_step.py on this project's 2-core AMD EPYC (avx512_bf16, no
-AMX; docs/benchmarks/train_step.json): for CancerNet XLA ran at 0.06x float32's rate, so it
-stays off. mixed_bfloat16 ran 1.19x faster there, but what bfloat16 does to the trained model's
-accuracy has not been measured, and CPUs without bfloat16 instructions run it slower, so auto
-keeps float32 on CPU. On GPUs the choices follow the project's aim (CancerNet trained with XLA
-and mixed precision) and have NOT been measured in this project: the reason logged says so and
-names the command that measures them (`MEASURE_ON_GPU`).
+were measured on this project's 2-core AMD EPYC (avx512_bf16, no AMX):
+- XLA: benchmarks/train_step.py ran CancerNet's step with it at 0.06x float32's rate
+  (docs/benchmarks/train_step.json), so it stays off.
+- Precision: mixed_bfloat16 trained 1.19x faster than float32 there (train_step.json), and
+  benchmarks/precision.py found it non-inferior in accuracy by a rule fixed before the runs
+  (docs/benchmarks/precision_cpu.json: 5-fold cross-validation of the demo tree, 3 seeds, the
+  same folds and seeds at both precisions; the 95% interval of the paired difference in pooled
+  ROC-AUC must lie above -0.01; it was +0.0000 [-0.0021, +0.0018]). So auto takes it on CPUs with
+  bfloat16 instructions (avx512_bf16 or amx_bf16); on others it would be emulated, slower than
+  float32, which auto keeps there.
+On GPUs the choices follow the project's aim (CancerNet trained with XLA and mixed precision)
+and have NOT been measured in this project: the reason logged says so and names the command
+that measures them (`MEASURE_ON_GPU`).
 """
 
 import json
@@ -103,22 +109,48 @@ def _not_measured(choice: str) -> str:
             f"{MEASURE_ON_GPU}")
 
 
+# The CPU instructions that run bfloat16 dot products natively (/proc/cpuinfo flags).
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+CPU_BFLOAT16_EVIDENCE = (
+    "trained 1.19x faster than float32 on a 2-core AMD EPYC with avx512_bf16 "
+    "(benchmarks/train_step.py) and non-inferior in accuracy: paired 5-fold cross-validation at "
+    "3 seeds, pooled ROC-AUC difference +0.0000 [95% -0.0021, +0.0018], margin -0.01 "
+    "(benchmarks/precision.py, docs/benchmarks/precision_cpu.json)")
+
+
+def cpu_bfloat16_flags() -> list[str]:
+    """Which of BFLOAT16_CPU_FLAGS this machine's CPU has ([] where /proc/cpuinfo is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            present = next((line.split(":", 1)[1].split() for line in f
+                            if line.split(":", 1)[0].strip() == "flags"), [])
+    except OSError:
+        return []
+    return [flag for flag in BFLOAT16_CPU_FLAGS if flag in present]
+
+
 def resolve_precision(precision: str,
-                      gpu_capabilities: list[tuple[int, int] | None] | None = None
-                      ) -> tuple[str, str]:
+                      gpu_capabilities: list[tuple[int, int] | None] | None = None,
+                      cpu_bfloat16: list[str] | None = None) -> tuple[str, str]:
     """(keras mixed-precision policy name, reason).
 
     gpu_capabilities: compute capability of each GPU ([] on a CPU machine); None asks
     TensorFlow. With several GPUs the lowest decides (every replica runs the same policy).
+    cpu_bfloat16: the CPU's bfloat16 instructions (cpu_bfloat16_flags()); None reads them.
     """
     if precision != "auto":
         return precision, "set by --precision"
     if gpu_capabilities is None:
         gpu_capabilities = gpu_compute_capabilities()
     if not gpu_capabilities:
-        return "float32", ("CPU: mixed_bfloat16 measured 1.19x faster on a 2-core AMD EPYC "
-                           "with avx512_bf16 by benchmarks/train_step.py, its effect on accuracy "
-                           "untested: opt in with --precision=mixed_bfloat16")
+        if cpu_bfloat16 is None:
+            cpu_bfloat16 = cpu_bfloat16_flags()
+        if cpu_bfloat16:
+            return "mixed_bfloat16", (f"CPU with {', '.join(cpu_bfloat16)}: mixed_bfloat16 "
+                                      f"{CPU_BFLOAT16_EVIDENCE}")
+        return "float32", ("CPU without bfloat16 instructions (" + ", ".join(BFLOAT16_CPU_FLAGS)
+                           + "): mixed_bfloat16 would be emulated, slower than float32; where "
+                           "they are, it " + CPU_BFLOAT16_EVIDENCE)
     if None in gpu_capabilities:
         return "float32", _not_measured("GPU compute capability unknown: float32")
     capability = min(gpu_capabilities)
