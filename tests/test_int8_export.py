@@ -230,3 +230,42 @@ def test_commands_record_the_runtime(exported, trained_model_dir, eval_data, tmp
     result = subprocess.run([*command, f"--model={refused.export_dir}", "--runtime=int8"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "error: --runtime=int8 refused" in result.stderr
+
+
+def test_a_slide_with_the_int8_runtime_matches_the_savedmodels(exported, eval_data, tmp_path):
+    """run_slide with each runtime on one truth slide (tests/slide_files.py: test patients'
+    patches at known places, read back by OpenSlide): the same tiles, close probabilities, the
+    IDC fraction within the parity tolerance, the runtime in each summary.json."""
+    import slide_files
+    import tensorflow as tf
+
+    from idc_engine.slides import truth_slide
+    from idc_engine.slides.config import SlideConfig, model_scale
+    from idc_engine.slides.run import run_slide
+
+    paths = exported[0]
+    slide = str(tmp_path / "patients.tiff")
+    truth_slide.write_truth_slide(slide, slide + ".truth.csv",
+                                  slide_files.split_patches(eval_data[0]),
+                                  slide_files.UM_PER_PIXEL, slide_files.LEVELS)
+    tiles = {}
+    for name in ("savedmodel", "int8"):
+        chosen = runtime.Runtime(name, "the test's")
+        config = SlideConfig(model_dir=paths.export_dir, output_dir=str(tmp_path / name))
+        summary = run_slide(slide, config, runtime.load(paths, chosen),
+                            tf.distribute.get_strategy(), run_dir.load_threshold(paths),
+                            model_scale(paths), runtime=chosen)
+        with open(os.path.join(summary["output_dir"], "summary.json")) as f:
+            assert json.load(f)["runtime"] == name
+        with open(os.path.join(summary["output_dir"], "tiles.csv"), newline="") as f:
+            tiles[name] = {(r["x"], r["y"]): float(r["idc_probability"])
+                           for r in csv.DictReader(f)}
+    assert tiles["int8"].keys() == tiles["savedmodel"].keys()
+    keys = sorted(tiles["savedmodel"])
+    reference, candidate = (np.array([tiles[name][k] for k in keys])
+                            for name in ("savedmodel", "int8"))
+    assert np.abs(candidate - reference).mean() < 0.02
+    threshold = run_dir.load_threshold(paths).value
+    assert parity.idc_fractions(reference, candidate, threshold)["passed"]
+    # negative control: the tiles' probabilities in another order are far off
+    assert np.abs(candidate[::-1] - reference).mean() > 0.05

@@ -150,8 +150,8 @@ def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale
                 "inference_seconds": round(inference_seconds, 3),
                 "tiles_per_second": round(len(probability) / inference_seconds, 1),
                 "devices": devices, "tta": config.tta,
-                **(runtime.record() if runtime else {"runtime": "savedmodel",
-                                                      "runtime_reason": "the caller's"}),
+                **(runtime.record() if runtime else {
+                    "runtime": "savedmodel", "runtime_reason": "run_slide given no runtime"}),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "output_dir": outputs.slide_output_dir(config.output_dir, path)}
             outputs.write_summary(os.path.join(folder, outputs.SUMMARY_JSON), summary)
