@@ -78,12 +78,18 @@ CHARTS = {
         "throughput_batch_{batch}/images_per_s": {
             "saved_model": "saved_model_b{batch}_images_per_s",
             "keras_function": "keras_function_b{batch}_images_per_s",
-            "keras_predict": "keras_predict_b{batch}_images_per_s"},
+            "keras_predict": "keras_predict_b{batch}_images_per_s",
+            "litert_float": "litert_float_b{batch}_images_per_s",
+            "int8": "int8_b{batch}_images_per_s",
+            "int8_network": "int8_network_b{batch}_images_per_s"},
         "png_files/images_per_s": {"predict_files": "predict_files_png_b256_images_per_s",
                                    "png_decode_only": "png_decode_only_images_per_s"},
         "ratio/saved_model_vs_keras_function_batch_{batch}": {
             "ratios": "saved_model_vs_keras_function_b{batch}"},
+        "ratio/{runtime}_vs_saved_model_batch_{batch}": {
+            "ratios": "{runtime}_vs_saved_model_b{batch}"},
         "max_abs_diff_vs_keras": {"saved_model": "max_abs_diff_saved_model_vs_keras"},
+        "max_abs_diff_int8_vs_saved_model": {"int8": "max_abs_diff_saved_model_vs_int8"},
     },
     # no TTA, the engine's D4 in one call, the naive 8 calls
     "tta": {
@@ -120,11 +126,15 @@ CHARTS = {
             "engine_streaming": "engine_streaming_tiles_per_s",
             "read_alone": "read_alone_tiles_per_s", "model_alone": "model_alone_tiles_per_s",
             "plain_read_region_loop": "plain_loop_tiles_per_s",
-            "shared_cores_ceiling": "shared_cores_ceiling_tiles_per_s"},
+            "shared_cores_ceiling": "shared_cores_ceiling_tiles_per_s",
+            "engine_end_to_end_int8": "engine_end_to_end_int8_tiles_per_s",
+            "model_alone_int8": "model_alone_int8_tiles_per_s"},
         **ratio_charts(
             "end_to_end_vs_slower_of_read_and_model", "end_to_end_vs_plain_loop",
             "end_to_end_vs_shared_cores_ceiling",
-            "shared_cores_ceiling_vs_slower_of_read_and_model", "model_alone_vs_plain_loop"),
+            "shared_cores_ceiling_vs_slower_of_read_and_model", "model_alone_vs_plain_loop",
+            "end_to_end_int8_vs_plain_loop", "end_to_end_int8_vs_savedmodel",
+            "model_alone_int8_vs_savedmodel"),
         "memory/peak_rss_mb": {"engine_cli_{slide}": "peak_rss_mb_cli_{slide}"},
     },
     # float32 and mixed_bfloat16 on the same folds and seeds: each seed's pooled ROC-AUC, the

@@ -1,4 +1,5 @@
-"""Batch inference throughput: the exported SavedModel beside the .keras model, same images.
+"""Batch inference throughput: the exported SavedModel beside the .keras model and LiteRT's
+float32 and int8 models, same images, same threads.
 
     python -m benchmarks.inference                                  # untrained CancerNet, synthetic patches
     python -m benchmarks.inference --model=runs/cancernet --data_dir=~/data/idc_tfrecords
@@ -8,6 +9,13 @@ For each batch size (--batch_sizes) it reports images/s of
     saved_model      the serving signature: uint8 patches in, P(IDC) out (what predict runs)
     keras_function   model.keras + model_input preprocessing in one tf.function (model(x))
     keras_predict    model.keras `model.predict` on the preprocessed images (Keras' own loop)
+    litert_float     model.keras converted to a float32 LiteRT model (XNNPACK), numpy
+                     preprocessing around it: uint8 patches in, P(IDC) out
+    int8             the export's int8 model as --runtime=int8 serves it (training/int8_model.py):
+                     uint8 patches in, calibrated P(IDC) out, preprocessing and the float head
+                     in numpy around the LiteRT network
+    int8_network     the int8 LiteRT network alone, on preprocessed images (what the numpy
+                     around it costs: int8 vs int8_network)
 and once, end to end, `predict_files` (what python -m idc_engine.predict does: PNG decoding in
 threads + the SavedModel) beside PNG decoding alone. Warm-up runs (tracing) are excluded; each
 figure is the median of --repeats runs over the same --num_images images; the paths alternate
@@ -17,8 +25,15 @@ the SavedModel's and the Keras model's probabilities on the images is reported t
 Without --model no training happens: an untrained CancerNet is exported with
 `idc_engine.training.export.export_model` (throughput does not depend on the weights' values). Without
 --data_dir the images are PNG patches of the embedded synthetic dataset (idc_engine.synthetic).
+An export without an int8 model (the untrained one: no val split to measure parity on) gets
+one quantized here on the benchmark's images, by the export's recipe (training/int8_export.py).
+LiteRT runs with as many threads as TensorFlow (--threads, default: the usable cores; TensorFlow
+is set to the same). The largest |difference| between the int8 and the SavedModel's calibrated
+probabilities is reported too (meaningful for a trained --model only).
 """
 
+import contextlib
+import io
 import os
 import shutil
 import statistics
@@ -29,7 +44,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from benchmarks import quick
+from benchmarks import litert, quick
 from benchmarks.report import BenchmarkReport
 
 FLAGS = flags.FLAGS
@@ -45,6 +60,8 @@ flags.DEFINE_integer("num_png_files", 2048, "PNG files of the end-to-end predict
 flags.DEFINE_integer("decode_threads", 2, "Decoding threads of predict_files.")
 flags.DEFINE_integer("repeats", 5, "Timed runs per figure (median reported) after one warm-up.")
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
+flags.DEFINE_integer("threads", None, "Threads of TensorFlow (intra-op) and of LiteRT; default: "
+                     "the usable cores.")
 quick.define_flag()
 QUICK_SIZES = {"batch_sizes": ["16", "32"], "num_images": 64, "num_png_files": 32, "repeats": 1}
 
@@ -125,8 +142,9 @@ def benchmark_images(work: str):
     return images, png_files[:FLAGS.num_png_files], image_source
 
 
-def timed_paths(paths, pre: dict, images, png_files, batch_sizes) -> dict:
-    """{figure name: (run(), images per run)} for every path measured (the module docstring).
+def timed_paths(paths, pre: dict, images, png_files, batch_sizes, work: str) -> tuple[dict, str]:
+    """({figure name: (run(), images per run)} for every path measured (the module docstring),
+    where the int8 model comes from).
 
     pre: the export's preprocessing.json; images uint8 [N, 50, 50, 3].
     """
@@ -168,27 +186,58 @@ def timed_paths(paths, pre: dict, images, png_files, batch_sizes) -> dict:
         for _ in patch_files.decode_files(png_files, FLAGS.decode_threads):
             pass
 
+    if pre.get("stain_normalization", {}).get("method", "none") != "none":
+        raise app.UsageError("the LiteRT float path takes exports without stain normalisation")
+    int8_paths, int8_source = litert.int8_export_paths(paths, model, pre, images, work)
+    lite = litert_paths(int8_paths, model, images)
+
     timed = {}
     for batch_size in batch_sizes:
         for name, run in (("saved_model", run_saved_model), ("keras_function", run_keras_function),
-                          ("keras_predict", run_keras_predict)):
+                          ("keras_predict", run_keras_predict), *lite.items()):
             timed[f"{name}_b{batch_size}"] = (lambda b=batch_size, run=run: run(b), len(images))
     timed["predict_files_png_b256"] = (run_predict_files, len(png_files))
     timed["png_decode_only"] = (run_decode, len(png_files))
-    return timed
+    return timed, int8_source
 
 
-def warm_up(timed: dict, batch_sizes) -> float:
+def litert_paths(int8_paths, model, images) -> dict:
+    """{name: run(batch_size) -> P(IDC) [N]} of the LiteRT paths (the module docstring)."""
+    import tensorflow as tf
+
+    from idc_engine.training import int8_model
+
+    served = int8_model.Int8Model(int8_paths, FLAGS.threads)
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its SavedModel
+        float_model = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    float_network = int8_model.Network(float_model, num_threads=FLAGS.threads)
+    preprocessed = served.model_input(images)  # for the network alone, before the clock
+
+    def over_batches(fn, inputs, batch_size):
+        return np.concatenate([fn(inputs[i:i + batch_size])
+                               for i in range(0, len(inputs), batch_size)])
+
+    return {"litert_float": lambda b: over_batches(
+                lambda x: float_network(served.model_input(x))[:, 1], images, b),
+            "int8": lambda b: over_batches(served, images, b),
+            "int8_network": lambda b: over_batches(served.uncalibrated, preprocessed, b)}
+
+
+def warm_up(timed: dict, batch_sizes) -> tuple[float, float]:
     """Runs every path once (tracing, page cache); returns the largest |difference| between the
-    SavedModel's and the Keras model's probabilities on the same images."""
-    difference = 0.0
+    SavedModel's probabilities and the Keras model's, and the int8 model's, on the same images."""
+    difference, int8_difference = 0.0, 0.0
     for batch_size in batch_sizes:
         reference = timed[f"saved_model_b{batch_size}"][0]()
         for other in ("keras_function", "keras_predict"):
             probabilities = timed[f"{other}_b{batch_size}"][0]()
             difference = max(difference, float(np.max(np.abs(probabilities - reference))))
+        int8 = timed[f"int8_b{batch_size}"][0]()
+        int8_difference = max(int8_difference, float(np.max(np.abs(int8 - reference))))
+        for other in ("litert_float", "int8_network"):
+            timed[f"{other}_b{batch_size}"][0]()
     timed["predict_files_png_b256"][0]()
-    return difference
+    return difference, int8_difference
 
 
 def main(argv) -> None:
@@ -200,14 +249,16 @@ def main(argv) -> None:
     # TensorFlow's INFO lines (SavedModel writing, logged through absl) would bury the table
     absl_logging.set_verbosity(absl_logging.WARNING)
     quick.apply(QUICK_SIZES)
+    if FLAGS.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
     work = tempfile.mkdtemp(prefix="idc_bench_inference_")
     try:
         paths, model_source = benchmark_export(work)
         images, png_files, image_source = benchmark_images(work)
         batch_sizes = [int(b) for b in FLAGS.batch_sizes]
         pre = run_dir.load_preprocessing(paths)
-        timed = timed_paths(paths, pre, images, png_files, batch_sizes)
-        difference = warm_up(timed, batch_sizes)
+        timed, int8_source = timed_paths(paths, pre, images, png_files, batch_sizes, work)
+        difference, int8_difference = warm_up(timed, batch_sizes)
         rates = {key: [] for key in timed}
         for _ in range(FLAGS.repeats):  # the paths alternate: all see the same machine load
             for key, (fn, count) in timed.items():
@@ -218,6 +269,7 @@ def main(argv) -> None:
             "num_png_files": len(png_files), "batch_sizes": batch_sizes,
             "decode_threads": FLAGS.decode_threads, "repeats": FLAGS.repeats,
             "image_size": int(pre["image_size"]), "cores": len(os.sched_getaffinity(0)),
+            "threads": FLAGS.threads or len(os.sched_getaffinity(0)), "int8_model": int8_source,
             "devices": [d.name for d in tf.config.list_logical_devices()]})
         for key, values in rates.items():
             report.add(f"{key}_images_per_s", statistics.median(values), all=values)
@@ -225,7 +277,12 @@ def main(argv) -> None:
             report.add(f"saved_model_vs_keras_function_b{batch_size}",
                        statistics.median(rates[f"saved_model_b{batch_size}"])
                        / statistics.median(rates[f"keras_function_b{batch_size}"]))
+            for other in ("litert_float", "int8", "int8_network"):
+                report.add(f"{other}_vs_saved_model_b{batch_size}",
+                           statistics.median(rates[f"{other}_b{batch_size}"])
+                           / statistics.median(rates[f"saved_model_b{batch_size}"]))
         report.add("max_abs_diff_saved_model_vs_keras", difference)
+        report.add("max_abs_diff_saved_model_vs_int8", int8_difference)
         report.write()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -18,6 +18,10 @@ alternate within each repetition so that they see the same machine load; warm-up
     model_alone         (b) the SavedModel on the same tiles, already in memory at 50x50
     plain_loop          (c) read_region one tile at a time, PIL resize, the SavedModel on each
                         batch of --batch_size (timed once, after the others)
+    engine_end_to_end_int8, model_alone_int8
+                        the same with the export's int8 model (--runtime=int8; quantized here
+                        for an export without one, benchmarks/litert.py), LiteRT on the
+                        usable cores (--model_threads when given)
 
 Targets (issue 16): engine_end_to_end >= 0.8 x min(read_alone, model_alone) and >= 3 x
 plain_loop. Two caps hold for any pipeline and are reported beside them:
@@ -44,7 +48,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from benchmarks import quick
+from benchmarks import litert, quick
 from benchmarks.report import BenchmarkReport
 
 FLAGS = flags.FLAGS
@@ -94,6 +98,17 @@ def _export(work: str):
     return run_dir.find_export(os.path.join(work, "export")), "untrained CancerNet (export_model)"
 
 
+def _int8_paths(paths, work: str):
+    """(export paths with an int8 model, where it comes from): benchmarks/litert.py's."""
+    import keras
+
+    from idc_engine.training.run_dir import load_preprocessing
+
+    model = keras.saving.load_model(paths.keras)
+    return litert.int8_export_paths(paths, model, load_preprocessing(paths), _patch_pool(work),
+                                    work)
+
+
 def _write_slide(path: str, grid: int) -> int:
     """The generated slide (module docstring); returns its number of tissue cells."""
     from idc_engine.slides import pyramid_tiff
@@ -107,16 +122,21 @@ def _write_slide(path: str, grid: int) -> int:
     return len(cells)
 
 
-def _engine_plan(slide: str, paths):
-    """(run(), tiles, read(), in-memory 50x50 tiles, plain_loop()) over the same tissue tiles."""
+def _engine_plan(slide: str, paths, int8_paths):
+    """({figure: fn()} of the alternating figures, the SavedModel run's summaries, plain_loop(),
+    tiles) over the same tissue tiles."""
     import tensorflow as tf
 
+    from idc_engine.inference import runtime
     from idc_engine.inference.serving import ServedModel
     from idc_engine.slides import predict, run, tiles
     from idc_engine.slides.config import SlideConfig, model_scale
+    from idc_engine.training.int8_model import Int8Model
     from idc_engine.training.run_dir import load_threshold
 
     served = ServedModel(paths.saved_model)
+    int8 = Int8Model(int8_paths, FLAGS.model_threads or None)
+    int8_runtime = runtime.Runtime("int8", "benchmarks.slide_inference")
     config = SlideConfig(model_dir=paths.export_dir, output_dir=tempfile.mkdtemp(),
                          batch_size=FLAGS.batch_size, read_threads=FLAGS.read_threads)
     scale, threshold = model_scale(paths), load_threshold(paths)
@@ -127,6 +147,9 @@ def _engine_plan(slide: str, paths):
     def engine():
         summaries.append(run.run_slide(slide, config, served, strategy, threshold, scale))
 
+    def engine_int8():
+        run.run_slide(slide, config, int8, strategy, threshold, scale, runtime=int8_runtime)
+
     def read():
         for _ in tiles.read_tiles(slide, grid, col, row, config.read_threads, []):
             pass
@@ -134,11 +157,13 @@ def _engine_plan(slide: str, paths):
     in_memory = np.concatenate([predict.resize_to_patch(tf.constant(images), 50).numpy()
                                 for images, _ in tiles.read_tiles(slide, grid, col, row, 2, [])])
 
-    def model():
+    def model(serve=served):
         for start in range(0, len(in_memory), FLAGS.batch_size):
-            served(in_memory[start:start + FLAGS.batch_size])
+            serve(in_memory[start:start + FLAGS.batch_size])
 
-    return engine, summaries, read, model, _plain_loop(slide, grid, col, row, served), len(col)
+    timed = {"engine_end_to_end": engine, "read_alone": read, "model_alone": model,
+             "engine_end_to_end_int8": engine_int8, "model_alone_int8": lambda: model(int8)}
+    return timed, summaries, _plain_loop(slide, grid, col, row, served), len(col)
 
 
 def _plain_loop(slide: str, grid, col, row, served):
@@ -173,7 +198,8 @@ def _peak_rss_mb(slide: str, model: str, work: str) -> float:
     """Peak RSS of python -m idc_engine.slide on one slide, in a fresh process (its summary)."""
     out = os.path.join(work, "cli_" + os.path.basename(slide))
     subprocess.run([sys.executable, "-m", "idc_engine.slide", f"--model_dir={model}",
-                    f"--output_dir={out}", f"--batch_size={FLAGS.batch_size}", slide],
+                    f"--output_dir={out}", f"--batch_size={FLAGS.batch_size}",
+                    "--runtime=savedmodel", slide],
                    check=True, capture_output=True)
     name = os.path.basename(slide).split(".")[0]
     with open(os.path.join(out, name, "summary.json")) as f:
@@ -196,8 +222,8 @@ def main(argv) -> None:
         cells = _write_slide(slide, FLAGS.grid)
         build_seconds = time.perf_counter() - start
         small_cells = _write_slide(small, FLAGS.grid // 2)
-        engine, summaries, read, model, plain, num_tiles = _engine_plan(slide, paths)
-        timed = {"engine_end_to_end": engine, "read_alone": read, "model_alone": model}
+        int8_paths, int8_source = _int8_paths(paths, work)
+        timed, summaries, plain, num_tiles = _engine_plan(slide, paths, int8_paths)
         for fn in timed.values():  # warm-up: tracing, the file in the page cache
             fn()
         seconds = {key: [] for key in timed}
@@ -214,7 +240,8 @@ def main(argv) -> None:
             "small_slide_cells_with_tissue": small_cells, "slide_build_seconds": build_seconds,
             "batch_size": FLAGS.batch_size, "repeats": FLAGS.repeats,
             "read_threads": FLAGS.read_threads, "model_threads": FLAGS.model_threads or "all",
-            "scale": summaries[-1]["scale"], "cores": len(os.sched_getaffinity(0))})
+            "scale": summaries[-1]["scale"], "cores": len(os.sched_getaffinity(0)),
+            "int8_model": int8_source})
         for key, rate in rates.items():
             report.add(f"{key}_tiles_per_s", rate, seconds=seconds[key])
         report.add("engine_streaming_tiles_per_s", streaming)
@@ -228,6 +255,12 @@ def main(argv) -> None:
                    ceiling / min(rates["read_alone"], rates["model_alone"]))
         report.add("end_to_end_vs_shared_cores_ceiling", rates["engine_end_to_end"] / ceiling)
         report.add("model_alone_vs_plain_loop", rates["model_alone"] * plain_seconds / num_tiles)
+        report.add("end_to_end_int8_vs_plain_loop",
+                   rates["engine_end_to_end_int8"] * plain_seconds / num_tiles)
+        report.add("end_to_end_int8_vs_savedmodel",
+                   rates["engine_end_to_end_int8"] / rates["engine_end_to_end"])
+        report.add("model_alone_int8_vs_savedmodel",
+                   rates["model_alone_int8"] / rates["model_alone"])
         report.add("peak_rss_mb_cli_slide", _peak_rss_mb(slide, paths.export_dir, work))
         report.add("peak_rss_mb_cli_quarter_slide", _peak_rss_mb(small, paths.export_dir, work))
         report.write()

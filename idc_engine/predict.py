@@ -31,6 +31,8 @@ CSV columns (one row per file, in the order given, folders sorted):
     patient_id, x, y, label   from a Kaggle-style name <patient>_idx5_x<X>_y<Y>_class<C>.png
                      (the label in the name is the annotation), or from the records of a split
     note             e.g. padding, a grayscale/RGBA/JPEG image converted to RGB
+    runtime          what served the prediction: savedmodel or int8 (--runtime; the summary
+                     printed says why)
 
 The CSV is written under a temporary name and renamed when complete.
 """
@@ -43,7 +45,8 @@ from absl import app
 from absl import logging as absl_logging
 
 from idc_engine import cli
-from idc_engine.inference import patch_files, prediction_csv, prediction_rows, serving, tta
+from idc_engine.inference import patch_files, prediction_csv, prediction_rows, tta
+from idc_engine.inference import runtime as runtime_lib
 from idc_engine.training.run_dir import THRESHOLD_FILE, find_export, load_threshold
 
 
@@ -65,6 +68,7 @@ class PredictConfig:
                                          "idc_engine.evaluate), else 0.5.")
     tta: str = cli.option("none", "Test-time augmentation: none, or d4 (the mean P(IDC) over "
                           "the 8 rotations/mirrorings of each patch, one batch of 8N).")
+    runtime: str = cli.option("auto", runtime_lib.HELP)
 
 
 def define_flags() -> None:
@@ -83,6 +87,7 @@ def main(argv) -> int:
         raise app.UsageError("--batch_size must be >= 1")
     if config.tta not in tta.TTA_MODES:
         raise app.UsageError(f"--tta={config.tta!r}: use one of {', '.join(tta.TTA_MODES)}")
+    runtime_lib.check_flag(config.runtime)
     paths = find_export(config.model)
     threshold = load_threshold(paths, config.threshold)
     if threshold.source == "default":
@@ -91,7 +96,8 @@ def main(argv) -> int:
     # TensorFlow's INFO chatter through absl would drown the summary
     std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
 
-    predictor = tta.with_tta(serving.ServedModel(paths.saved_model), config.tta)
+    runtime = runtime_lib.choose(paths, config.runtime)
+    predictor = tta.with_tta(runtime_lib.load(paths, runtime), config.tta)
     listing = None
     if inputs:
         listing = patch_files.list_inputs(inputs)
@@ -100,8 +106,9 @@ def main(argv) -> int:
     else:
         rows = prediction_rows.predict_split_rows(predictor, config.data_dir, config.split,
                                                   threshold.value, config.batch_size)
-    summary = prediction_csv.write_csv(rows, config.output)
+    summary = prediction_csv.write_csv(rows, config.output, runtime.name)
     print(prediction_csv.format_summary(summary, threshold, config.output, listing))
+    print(f"  runtime: {runtime.name} ({runtime.reason})")
     return 0
 
 

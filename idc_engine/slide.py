@@ -60,7 +60,8 @@ def _report(summary: dict) -> str:
             f"{summary['tissue_area_mm2']:.3f} mm^2 tissue (IDC fraction "
             f"{summary['idc_fraction']:.1%})\n"
             f"  {summary['seconds']:.1f} s, {summary['tiles_per_second']:,.0f} tiles/s "
-            f"(reading + model), peak memory {summary['peak_rss_mb']:,.0f} MB\n"
+            f"(reading + model, {summary['runtime']} runtime), peak memory "
+            f"{summary['peak_rss_mb']:,.0f} MB\n"
             f"  summary: {summary['output_dir']}/summary.json\n"
             f"  heatmap: {summary['output_dir']}/heatmap.png")
 
@@ -97,20 +98,24 @@ def main(argv) -> int:
     from idc_engine.training.run_dir import find_export, load_threshold
 
     paths = find_export(config.model_dir)  # before TensorFlow loads: a wrong path fails fast
-    from idc_engine.inference.serving import ServedModel
+    from idc_engine.inference import runtime as runtime_lib
     from idc_engine.slides import cohort
     from idc_engine.training import devices
 
     devices.configure_cpu_devices(config.num_cpu_devices)
+    runtime = runtime_lib.choose(paths, config.runtime)
     strategy, description = devices.make_strategy(config.strategy, config.num_cpu_devices)
+    if runtime.name == "int8":
+        description = "the CPU (LiteRT, int8)"
     absl_logging.info("slides on %s", description)
     with strategy.scope():
-        served = ServedModel(paths.saved_model)
+        served = runtime_lib.load(paths, runtime)
     threshold, scale = load_threshold(paths, config.threshold), model_scale(paths)
     os.makedirs(config.output_dir, exist_ok=True)
     worker = f"shard_{shard.index}_of_{shard.count}_{time.strftime('%Y%m%d-%H%M%S')}"
     failed = cohort.run_cohort(mine, config, served, strategy, threshold, scale, description,
-                               cohort.export_fingerprint(paths.saved_model), _report, worker)
+                               cohort.export_fingerprint(paths.saved_model), _report, worker,
+                               runtime)
     print(f"cohort: {os.path.join(config.output_dir, 'cohort.csv')}")
     print(json.dumps({"slides": len(mine), "failed": failed}))
     if failed:

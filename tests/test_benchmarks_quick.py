@@ -146,12 +146,14 @@ def test_inference_quick_times_every_path_on_an_untrained_export(tmp_path):
     sizes = report["config"]["batch_sizes"]
     assert len(sizes) == 2
     paths = [f"{path}_b{size}_images_per_s" for size in sizes
-             for path in ("saved_model", "keras_function", "keras_predict")]
+             for path in ("saved_model", "keras_function", "keras_predict", "litert_float",
+                          "int8", "int8_network")]
     check_figures(report["results"], paths + [
         "predict_files_png_b256_images_per_s", "png_decode_only_images_per_s",
-        "max_abs_diff_saved_model_vs_keras"] + [
-        f"saved_model_vs_keras_function_b{size}" for size in sizes],
-        differences=("max_abs_diff_saved_model_vs_keras",))
+        "max_abs_diff_saved_model_vs_keras", "max_abs_diff_saved_model_vs_int8"] + [
+        f"{path}_b{size}" for size in sizes for path in (
+            "saved_model_vs_keras_function", "int8_vs_saved_model", "litert_float_vs_saved_model")],
+        differences=("max_abs_diff_saved_model_vs_keras", "max_abs_diff_saved_model_vs_int8"))
     assert report["config"]["model"].startswith("untrained CancerNet")
 
 
@@ -186,7 +188,10 @@ def test_slide_inference_quick_reports_every_phase_and_the_peak_memory(tmp_path)
         "end_to_end_vs_slower_of_read_and_model", "end_to_end_vs_plain_loop",
         "shared_cores_ceiling_tiles_per_s", "shared_cores_ceiling_vs_slower_of_read_and_model",
         "end_to_end_vs_shared_cores_ceiling", "model_alone_vs_plain_loop",
-        "peak_rss_mb_cli_slide", "peak_rss_mb_cli_quarter_slide"])
+        "peak_rss_mb_cli_slide", "peak_rss_mb_cli_quarter_slide",
+        "engine_end_to_end_int8_tiles_per_s", "model_alone_int8_tiles_per_s",
+        "end_to_end_int8_vs_plain_loop", "end_to_end_int8_vs_savedmodel",
+        "model_alone_int8_vs_savedmodel"])
     assert report["config"]["tissue_tiles"] > 0
 
 

@@ -287,7 +287,7 @@ def _copy_run(model_dir, tmp_path) -> str:
 def evaluation(trained, eval_data):
     data_dir, _ = eval_data
     return evaluate(EvaluateConfig(model_dir=trained, data_dir=data_dir, bootstrap=300,
-                                   slides="2", batch_size=128))
+                                   slides="2", batch_size=128, runtime="savedmodel"))
 
 
 def _predictions(output_dir):
@@ -454,7 +454,8 @@ def test_changing_the_test_labels_does_not_change_the_threshold(trained, eval_da
     assert [r["label"] for p in shard_paths(flipped, manifest, "test") for r in read_records(p)] \
         != [r["label"] for p in shard_paths(data_dir, manifest, "test") for r in read_records(p)]
     run = _copy_run(trained, tmp_path)
-    result = evaluate(EvaluateConfig(model_dir=run, data_dir=flipped, bootstrap=0, slides="0"))
+    result = evaluate(EvaluateConfig(model_dir=run, data_dir=flipped, bootstrap=0, slides="0",
+                                     runtime="savedmodel"))
     written = json.loads(open(os.path.join(run, "export", "threshold.json")).read())
     assert written["threshold"] == result["threshold"]["threshold"] == \
         evaluation["threshold"]["threshold"]

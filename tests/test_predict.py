@@ -233,7 +233,7 @@ def test_cli_reads_a_converted_split(converted, trained_model_dir, predictor, tm
     data_dir, manifest = converted
     output = tmp_path / "test.csv"
     result = _cli(f"--model={trained_model_dir}", f"--data_dir={data_dir}", "--split=test",
-                  f"--output={output}", "--batch_size=100")
+                  f"--output={output}", "--batch_size=100", "--runtime=savedmodel")
     assert result.returncode == 0, result.stderr_tail
     rows = _read_csv(output)
     stored = [r for path in shard_paths(data_dir, manifest, "test") for r in read_records(path)]

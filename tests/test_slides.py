@@ -178,8 +178,8 @@ def test_the_command_line_on_two_devices_and_bad_slides(slide_run, trained_model
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "idc_engine.slide", f"--model_dir={trained_model_dir}",
-         f"--output_dir={out}", "--num_cpu_devices=2", "--batch_size=64", slide_run["slide"],
-         blank, no_scale, text], capture_output=True, text=True, timeout=300)
+         f"--output_dir={out}", "--num_cpu_devices=2", "--batch_size=64", "--runtime=savedmodel",
+         slide_run["slide"], blank, no_scale, text], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"error: {blank}: no tissue found" in result.stdout
     assert f"error: {no_scale}: the slide has no scale" in result.stdout

@@ -10,6 +10,7 @@ import os
 
 from idc_engine import cli, errors
 from idc_engine.evaluation import slide_maps
+from idc_engine.inference import runtime as runtime_lib
 from idc_engine.inference import tta
 from idc_engine.scoring import thresholds
 from idc_engine.training.run_dir import RunDir
@@ -54,6 +55,7 @@ class EvaluateConfig:
                           "of 8N per call; idc_engine/inference/tta.py). With d4 the report is "
                           "the TTA model's and adds the metrics without TTA and the images/s of "
                           "both.")
+    runtime: str = cli.option("auto", runtime_lib.HELP)
 
     @property
     def run_dir(self) -> RunDir:
@@ -105,6 +107,8 @@ class EvaluateConfig:
              "--threshold_split is required unless --threshold is a number")
         need(self.bootstrap >= 0, "--bootstrap must be >= 0 (0: no confidence intervals)")
         need(self.batch_size >= 1, "--batch_size must be >= 1")
+        need(self.runtime in runtime_lib.RUNTIMES, f"--runtime={self.runtime!r}: use one of "
+             f"{', '.join(runtime_lib.RUNTIMES)}")
         need(self.tta in tta.TTA_MODES, f"--tta={self.tta!r}: use one of "
              f"{', '.join(tta.TTA_MODES)}")
         try:

@@ -119,6 +119,8 @@ def _header_lines(result: dict) -> list[str]:
              f" on the {result['split']} split: {patch['num_examples']:,} patches "
              f"({patch['num_idc']:,} IDC, {patch['idc_prevalence']:.1%}), "
              f"{result['patient']['num_patients']} patients"]
+    if "runtime" in result:
+        lines.append(f"served by the {result['runtime']} runtime ({result['runtime_reason']})")
     if t["chosen_on"] == "fixed":
         lines.append(f"threshold {t['threshold']:.4g} on IDC probability: fixed by --threshold")
     else:

@@ -29,6 +29,7 @@ from idc_engine.evaluation import (
     tta_comparison,
 )
 from idc_engine.evaluation.config import EvaluateConfig, EvaluationError
+from idc_engine.inference import runtime as runtime_lib
 from idc_engine.inference import serving, tta
 from idc_engine.scoring import metrics as metrics_lib
 from idc_engine.scoring import thresholds
@@ -246,11 +247,13 @@ def evaluate(config: EvaluateConfig) -> dict:
     check_inputs(config)
     output_dir = config.resolved_output_dir
     os.makedirs(output_dir, exist_ok=True)
-    plain = serving.ServedModel(config.saved_model_dir)
+    runtime = runtime_lib.choose(config.run_dir.export, config.runtime)
+    plain = runtime_lib.load(config.run_dir.export, runtime)
     served = tta.with_tta(plain, config.tta)
     step = model_step(config.run_dir)
     threshold, details, tuning = choose_threshold(config, served)
-    record = threshold_record(config, threshold, details, step)
+    # the runtime whose val predictions chose it (with auto, the int8 model's on a CPU)
+    record = {**threshold_record(config, threshold, details, step), "chosen_with": runtime.name}
     threshold_file = run_dir.write_threshold(config.run_dir.export.export_dir,
                                              report.plain(record))
     same_split = tuning is not None and config.split == config.threshold_split
@@ -259,6 +262,10 @@ def evaluate(config: EvaluateConfig) -> dict:
     figures = draw_figures(config, scores, tuning, output_dir, step) if config.figures else {}
     slides = draw_slide_maps(config, scores, output_dir) if config.figures else {}
     result = _result(config, step, record, threshold_file, scores, figures, slides)
+    result.update(runtime.record())
+    if runtime.name == "int8":  # beside the int8 model's metrics, its parity measured at export
+        with open(config.run_dir.export.int8_parity) as f:
+            result["int8_parity_at_export"] = json.load(f)
     if evaluated.idc_probability_uncalibrated is not None:
         result["calibration_effect"], figure = calibration_report.compare(
             evaluated, config.run_dir.export.calibration, config.split,

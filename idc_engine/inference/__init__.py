@@ -1,6 +1,7 @@
 """Stage 5, an exported model -> predictions and explanations. Imports the earlier stages only.
 
     serving.py              the SavedModel as deployed (ServedModel) and a split run through it
+    runtime.py              --runtime: the SavedModel or the export's int8 model, and why
     patch_files.py          PNG files -> patches: listing inputs (litter skipped), decoding ahead
                             in threads, padding as the converter does; name and padding fields
     prediction_rows.py      the predictions CSV's rows, per file or per record of a split

@@ -54,8 +54,9 @@ class PredictionSummary:
             self.seen.add(key)
 
 
-def write_csv(rows, output: str) -> PredictionSummary:
-    """Writes the rows to `output` (atomic_files.replace_atomically); returns the counts.
+def write_csv(rows, output: str, runtime: str = "") -> PredictionSummary:
+    """Writes the rows to `output` (atomic_files.replace_atomically), each with `runtime` (the
+    runtime that served it, inference/runtime.py) in its runtime column; returns the counts.
 
     The clock runs while rows are produced, so images/s covers decoding and inference. An
     exception while producing them (e.g. ManifestError) leaves no CSV and no temporary file.
@@ -67,7 +68,7 @@ def write_csv(rows, output: str) -> PredictionSummary:
         writer = csv.DictWriter(f, CSV_COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow(row)
+            writer.writerow({"runtime": runtime, **row})
             summary.count(row)
         summary.seconds = time.perf_counter() - start
     return summary

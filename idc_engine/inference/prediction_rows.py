@@ -10,7 +10,7 @@ from idc_engine.data import records
 from idc_engine.inference import patch_files, serving
 
 CSV_COLUMNS = ("path", "idc_probability", "predicted_label", "error", "height", "width",
-               "patient_id", "x", "y", "label", "note")
+               "patient_id", "x", "y", "label", "note", "runtime")
 
 
 def _probability_fields(probability: float, threshold: float) -> dict:

@@ -37,10 +37,11 @@ def export_fingerprint(saved_model_dir: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def fingerprint(config, export: str, threshold, scale: dict) -> dict:
-    """What a slide's outputs depend on besides the slide itself: the export, the threshold,
-    TTA, the scale and tissue settings (not batch size, threads or devices)."""
-    return {"export": export, "threshold": threshold.value, "tta": config.tta,
+def fingerprint(config, export: str, threshold, scale: dict, runtime: str) -> dict:
+    """What a slide's outputs depend on besides the slide itself: the export, the runtime
+    (savedmodel or int8), the threshold, TTA, the scale and tissue settings (not batch size,
+    threads or devices)."""
+    return {"export": export, "runtime": runtime, "threshold": threshold.value, "tta": config.tta,
             "slide_um_per_pixel": config.slide_um_per_pixel,
             "override_slide_scale": config.override_slide_scale,
             "tissue_threshold": config.tissue_threshold,
@@ -116,11 +117,12 @@ def _attempt(config, name: str, slide: str, run) -> tuple[str, dict | None]:
 
 
 def run_cohort(slides: list, config, served, strategy, threshold, scale: dict, devices: str,
-               export: str, report, worker: str) -> list:
+               export: str, report, worker: str, runtime) -> list:
     """Runs this worker's `slides` (absolute paths); prints report(summary) for each slide run
     and an `error:` line for each that failed; returns the failed slides. worker: this run's
-    name among the cohort's, its TensorBoard run OUT/tensorboard/<worker>."""
-    wanted = fingerprint(config, export, threshold, scale)
+    name among the cohort's, its TensorBoard run OUT/tensorboard/<worker>; runtime:
+    inference.runtime.Runtime (run_slide's)."""
+    wanted = fingerprint(config, export, threshold, scale, runtime.name)
     progress = Progress(len(slides), os.path.join(config.output_dir, "tensorboard", worker))
     failed = []
     for slide in slides:
@@ -131,8 +133,8 @@ def run_cohort(slides: list, config, served, strategy, threshold, scale: dict, d
             continue
         try:
             outcome, summary = _one(slide, name, config, wanted, functools.partial(
-                run_slide, slide, config, served, strategy, threshold, scale, devices, name,
-                {"fingerprint": wanted}))
+                run_slide, slide, config, served, strategy, threshold, scale, devices, runtime,
+                name, {"fingerprint": wanted}))
         finally:
             lock.release()
         if outcome == "error":

@@ -10,6 +10,7 @@ import os
 
 from idc_engine import cli, errors
 from idc_engine.data import records
+from idc_engine.inference import runtime as runtime_lib
 from idc_engine.inference.tta import TTA_MODES
 from idc_engine.slides.reader import MICROSCOPE_UM_PER_PIXEL
 from idc_engine.training.run_dir import ExportPaths
@@ -68,6 +69,8 @@ class SlideConfig:
     lock_expiry_seconds: float = cli.option(
         600.0, "A slide's lock (OUTPUT_DIR/.cohort/<name>.lock, touched by its holder every "
         "quarter of this) left this long untouched belongs to a killed worker and is broken.")
+    runtime: str = cli.option("auto", runtime_lib.HELP + " The int8 model runs on the CPU, "
+                              "outside the strategy.")
 
     def validate(self) -> None:
         """Raises SlideConfigError naming the first bad flag."""
@@ -92,7 +95,9 @@ class SlideConfig:
             (self.num_shards >= 0, "--num_shards must be >= 0"),
             (self.max_attempts >= 1, "--max_attempts must be >= 1"),
             (self.lock_expiry_seconds >= 1, "--lock_expiry_seconds must be >= 1"),
-            (self.slide_timeout_seconds >= 0, "--slide_timeout_seconds must be >= 0"))
+            (self.slide_timeout_seconds >= 0, "--slide_timeout_seconds must be >= 0"),
+            (self.runtime in runtime_lib.RUNTIMES,
+             f"--runtime={self.runtime!r}: use one of {', '.join(runtime_lib.RUNTIMES)}"))
         for ok, message in checks:
             if not ok:
                 raise SlideConfigError(message)

@@ -1,4 +1,5 @@
-"""The served model over a slide's tile batches, under a tf.distribute strategy.
+"""The served model over a slide's tile batches, under a tf.distribute strategy (the
+SavedModel), or on the host (the int8 model, predict_batches_on_host).
 
 Each batch of tiles (uint8 [B, size, size, 3] at the read level) is split between the replicas
 (MirroredStrategy: several GPUs, or logical CPUs), each resizes its share to 50x50 on its device
@@ -76,6 +77,22 @@ def predict_batches(dataset, signature, strategy: tf.distribute.Strategy, patch_
         index, probability = step(images, index)
         indices.extend(t.numpy() for t in strategy.experimental_local_results(index))
         probabilities.extend(t.numpy() for t in strategy.experimental_local_results(probability))
+    if not indices:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(indices), np.concatenate(probabilities).astype(np.float32)
+
+
+def predict_batches_on_host(dataset, served, patch_size: int):
+    """(index int64 [N], idc_probability float32 [N]) of every tile of the dataset's batches
+    ((images, index) pairs), served by a numpy model (uint8 [B, 50, 50, 3] -> float32 [B],
+    e.g. the int8 model): the tiles resized on the CPU by TensorFlow, as predict_batches does."""
+    matrix = resize_matrix(dataset.element_spec[0].shape[1], patch_size)  # eagerly, once
+    resize = tf.function(lambda images: resize_to_patch(images, patch_size, matrix))
+    indices, probabilities = [], []
+    for images, index in dataset:
+        indices.append(index.numpy())
+        probabilities.append(served(resize(images).numpy()) if len(index) else
+                             np.zeros(0, np.float32))
     if not indices:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(indices), np.concatenate(probabilities).astype(np.float32)

@@ -96,7 +96,7 @@ def _counts(grid, info, num_tissue: int, probability, idc, unreadable: list) -> 
 
 
 def _predict(path: str, grid, col, row, config: SlideConfig, served, strategy, scale: dict,
-             start: float):
+             start: float, runtime=None):
     """(index int64 [n], probability float32 [n] in tile order, unreadable regions, seconds)
     of the tissue tiles (col, row int [N]); SlideError if the reading stopped, or ran past
     --slide_timeout_seconds from `start` (time.perf_counter())."""
@@ -108,12 +108,16 @@ def _predict(path: str, grid, col, row, config: SlideConfig, served, strategy, s
                                   f"{config.slide_timeout_seconds:g} ({len(col):,} tissue tiles)")
     dataset = tiles.tile_dataset(path, grid, col, row, config.batch_size, config.read_threads,
                                  report)
-    start = time.perf_counter()
-    signature = (served.signature if config.tta == "none"
-                 else tta.augmented_signature(served.signature))
-    index, probability = predict.predict_batches(dataset, signature, strategy,
-                                                 scale["patch_size"])
-    seconds = time.perf_counter() - start
+    inference_start = time.perf_counter()
+    if runtime is not None and runtime.name == "int8":  # numpy in, numpy out: no strategy
+        index, probability = predict.predict_batches_on_host(
+            dataset, tta.with_tta(served, config.tta), scale["patch_size"])
+    else:
+        signature = (served.signature if config.tta == "none"
+                     else tta.augmented_signature(served.signature))
+        index, probability = predict.predict_batches(dataset, signature, strategy,
+                                                     scale["patch_size"])
+    seconds = time.perf_counter() - inference_start
     if report.stopped_by is not None:
         raise report.stopped_by
     order = np.argsort(index)
@@ -121,14 +125,16 @@ def _predict(path: str, grid, col, row, config: SlideConfig, served, strategy, s
 
 
 def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale: dict,
-              devices: str = "", name: str | None = None, record: dict | None = None) -> dict:
+              devices: str = "", runtime=None, name: str | None = None,
+              record: dict | None = None) -> dict:
     """Runs the phases on one slide; returns its summary (also OUT/<name>/summary.json).
 
-    served: inference.serving.ServedModel loaded under `strategy`'s scope; threshold:
-    training.run_dir.Threshold; scale: config.model_scale(...); devices: the strategy's
-    description, for the summary; name: the output folder's (default: the file name up to its
-    first dot); record: more fields for summary.json (a cohort's fingerprint). Raises
-    SlideError naming the file; OUT/<name> is then as it was before."""
+    served: inference.serving.ServedModel loaded under `strategy`'s scope, or the int8 model
+    (runtime: inference.runtime.Runtime, whose choice the summary records; None: the
+    SavedModel); threshold: training.run_dir.Threshold; scale: config.model_scale(...);
+    devices: the strategy's description, for the summary; name: the output folder's (default:
+    the file name up to its first dot); record: more fields for summary.json (a cohort's
+    fingerprint). Raises SlideError naming the file; OUT/<name> is then as it was before."""
     start = time.perf_counter()
     name = name or outputs.slide_output_name(path)
     with reader.openslide_errors(path, "the slide"):  # what the reader's own checks missed
@@ -136,7 +142,7 @@ def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale
         with outputs.staged_slide_dir(config.output_dir, name) as folder:
             outputs.write_png(os.path.join(folder, outputs.MASK_PNG), mask.mask)
             index, probability, unreadable, inference_seconds = _predict(
-                path, grid, col, row, config, served, strategy, scale, start)
+                path, grid, col, row, config, served, strategy, scale, start, runtime)
             counts = _write_outputs(folder, path, info, grid, thumb, col, row, index,
                                     probability, unreadable, threshold)
             summary = {
@@ -154,6 +160,8 @@ def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale
                 "inference_seconds": round(inference_seconds, 3),
                 "tiles_per_second": round(len(probability) / inference_seconds, 1),
                 "devices": devices, "tta": config.tta,
+                **(runtime.record() if runtime else {
+                    "runtime": "savedmodel", "runtime_reason": "run_slide given no runtime"}),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "output_dir": os.path.join(config.output_dir, name), **(record or {})}
             outputs.write_summary(os.path.join(folder, outputs.SUMMARY_JSON), summary)

@@ -1,5 +1,5 @@
-"""Exporting a trained model: `.keras` and a SavedModel that serves raw uint8 patches, laid out
-as idc_engine/training/run_dir.py describes.
+"""Exporting a trained model: `.keras`, a SavedModel that serves raw uint8 patches and its int8
+LiteRT version for CPUs (int8_export.py), laid out as idc_engine/training/run_dir.py describes.
 
 The exported model is rebuilt in float32 whatever the training precision (variables are float32
 under mixed precision anyway), so it serves on any device.
@@ -88,19 +88,21 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
 
 def _write_artefacts(portable, target: run_dir.ExportPaths, image_size, mean, std, threshold,
                      calibrate_on, class_weights, stain) -> list[str]:
-    """Writes model.keras, the SavedModel, preprocessing.json and, when there are some,
-    calibration.json and threshold.json into target's (new, empty) directory; returns the
-    names of the ExportPaths fields written."""
+    """Writes model.keras, the SavedModel, preprocessing.json, when there are some,
+    calibration.json and threshold.json, and the int8 model with its parity record, into
+    target's (new, empty) directory; returns the names of the ExportPaths fields written."""
     portable.save(target.keras)
     module = ServingModule(portable, image_size, mean, std, stain)
     fitted = _calibrate(module, calibrate_on, class_weights, target.calibration)
     tf.saved_model.save(module, target.saved_model, signatures={"serving_default": module.serve})
-    atomic_files.write_json_atomically(target.preprocessing, trailing_newline=False, value={
+    preprocessing = {
         "image_size": image_size, "channel_mean": list(mean), "channel_std": list(std),
         "input": "uint8 RGB patches, 50x50, resized to image_size, then (x - mean) / std",
         "stain_normalization": stain or {"method": "none"},
         # the scale the model was trained at, which whole-slide inference tiles slides to
-        "patch_size": records.PATCH_SIZE, "patch_um_per_pixel": records.PATCH_UM_PER_PIXEL})
+        "patch_size": records.PATCH_SIZE, "patch_um_per_pixel": records.PATCH_UM_PER_PIXEL}
+    atomic_files.write_json_atomically(target.preprocessing, preprocessing,
+                                       trailing_newline=False)
     names = ["keras", "saved_model", "preprocessing"]
     if fitted is not None:
         names.append("calibration")
@@ -112,7 +114,20 @@ def _write_artefacts(portable, target: run_dir.ExportPaths, image_size, mean, st
     if threshold is not None:
         run_dir.write_threshold(target.export_dir, threshold)
         names.append("threshold")
+    names += _write_int8(portable, module, target, preprocessing, calibrate_on, threshold)
     return names
+
+
+def _write_int8(portable, module: ServingModule, target: run_dir.ExportPaths,
+                preprocessing: dict, data_dir: str | None, threshold: dict | None) -> list[str]:
+    """The int8 model and its parity record (int8_export.py); the names of the fields written."""
+    from idc_engine.training import int8_export  # the LiteRT converter only where it is used
+
+    record = int8_export.write_int8(
+        portable, target, preprocessing, data_dir,
+        lambda images: module.serve(images)["idc_probability"].numpy(),
+        threshold["threshold"] if threshold else run_dir.DEFAULT_THRESHOLD)
+    return ["int8_parity"] + (["int8", "int8_head"] if "val" in record else [])
 
 
 def _calibrate(module: ServingModule, data_dir: str | None, class_weights,

@@ -10,6 +10,9 @@
     <model_dir>/export/saved_model/       serving_default: uint8 [N, 50, 50, 3] -> idc_probability
                                           (calibrated) and idc_probability_uncalibrated
     <model_dir>/export/calibration.json   its temperature and prior shift, fitted on val
+    <model_dir>/export/model_int8.tflite  the network quantized to int8 for CPUs (LiteRT), with
+    <model_dir>/export/model_int8_head.npz  its float32 last layer, and
+    <model_dir>/export/int8_parity.json   its parity with the SavedModel on val: offered or not
     <model_dir>/export/preprocessing.json image_size, channel mean/std: what model.keras expects
     <model_dir>/export/threshold.json     the decision threshold predict applies: chosen on the
                                           val split by training's best validation, then by
@@ -66,6 +69,9 @@ class ExportPaths:
     preprocessing: str
     threshold: str
     calibration: str  # the temperature and prior shift the SavedModel applies, how fitted
+    int8: str         # the int8 LiteRT network (training/int8_model.py serves it)
+    int8_head: str    # its float32 last layer
+    int8_parity: str  # whether it is offered (training/int8_export.py)
 
     @classmethod
     def of(cls, export_dir: str) -> "ExportPaths":
@@ -73,7 +79,10 @@ class ExportPaths:
                    os.path.join(export_dir, "model.keras"),
                    os.path.join(export_dir, "preprocessing.json"),
                    os.path.join(export_dir, THRESHOLD_FILE),
-                   os.path.join(export_dir, "calibration.json"))
+                   os.path.join(export_dir, "calibration.json"),
+                   os.path.join(export_dir, "model_int8.tflite"),
+                   os.path.join(export_dir, "model_int8_head.npz"),
+                   os.path.join(export_dir, "int8_parity.json"))
 
 
 def find_export(model: str) -> ExportPaths:
