@@ -9,7 +9,8 @@ The protocol, fixed before the first run:
 - Runs: python -m idc_engine.crossval with flags/cpu_quick.flags, for each seed of --seeds
   (0, 1, 2) and each precision (float32, mixed_bfloat16): the same folds, the same seed, the
   same flags but --precision. Each fold is trained, calibrated and thresholded on its val fold
-  and scored on its held-out fold.
+  and scored on its held-out fold, through its SavedModel (--noexport_int8: the precision of
+  training is measured, not the int8 model's parity).
 - Measure: per seed, the pooled out-of-fold ROC-AUC of each precision and their paired
   difference d_s = AUC(mixed_bfloat16) - AUC(float32); the mean over seeds, d. Its 95% interval
   from a bootstrap over patients (2,000 resamples; one resample of patients applies to every
@@ -74,7 +75,7 @@ def cross_validate(data_dir: str, run_dir: str, precision: str, seed: str) -> No
     extra = QUICK_TRAINING if FLAGS.quick else ()
     _python("idc_engine.crossval", f"--data_dir={data_dir}", f"--model_dir={run_dir}",
             f"--flagfile={FLAGS.flagfile_for_training}", f"--precision={precision}",
-            f"--seed={seed}", "--crossval_bootstrap=0", *extra)
+            f"--seed={seed}", "--crossval_bootstrap=0", "--noexport_int8", *extra)
 
 
 def out_of_fold(run_dir: str) -> dict:

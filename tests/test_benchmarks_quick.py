@@ -5,6 +5,7 @@ reports, finite and positive (zero allowed only for a difference), each figure i
 in the run and chart benchmarks/charts.py declares for it. No timing comparisons: the machine
 is shared."""
 
+import glob
 import json
 import math
 import os
@@ -235,6 +236,11 @@ def test_precision_quick_pairs_the_precisions_on_the_same_folds(tmp_path):
     ROC-AUCs, the paired difference with its interval, the rule's verdict and the step rates."""
     report = run_quick("precision", tmp_path, f"--work_dir={tmp_path / 'work'}")
     results = report["results"]
+    # the folds are scored through their SavedModels: no int8 model was exported
+    exports = glob.glob(str(tmp_path / "work" / "*_seed0" / "fold_*" / "model" / "export"))
+    assert len(exports) == 6 and all(
+        "saved_model" in os.listdir(e) and "model_int8.tflite" not in os.listdir(e)
+        for e in exports)
     for precision in ("float32", "mixed_bfloat16"):
         assert 0 < results[f"pooled_auc_{precision}_seed0"] <= 1
         assert results[f"train_images_per_s_{precision}"] > 0

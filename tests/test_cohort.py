@@ -16,6 +16,7 @@ import benchmark_events
 import pytest
 import slide_files
 
+from idc_engine.slides import cohort as cohort_module
 from idc_engine.slides import cohort_inputs, cohort_locks, cohort_shards, cohort_table
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "openslide")
@@ -228,20 +229,16 @@ def _outputs(out) -> dict:
 
 @pytest.fixture(scope="module")
 def cohort(eval_data, trained_model_dir, tmp_path_factory):
+    """Six small slides (two of one name) and the model; cheap: each worker makes its own."""
     folder = tmp_path_factory.mktemp("cohort")
     patches = slide_files.split_patches(eval_data[0])["images"]
-    slides = _cohort_slides(folder, patches, 6)
-    (folder / "slides.txt").write_text("\n".join(os.path.relpath(s, folder) for s in slides[2:])
-                                       + "\n" + BROKEN + "\n")
-    arguments = [slides[0], str(folder / "a"), f"@{folder / 'slides.txt'}"]
-    out = str(folder / "out")
-    first = _command(trained_model_dir, out, *arguments)
-    return {"folder": folder, "slides": slides, "arguments": arguments, "out": out,
-            "first": first, "model_dir": trained_model_dir}
+    return {"folder": folder, "slides": _cohort_slides(folder, patches, 6),
+            "model_dir": trained_model_dir}
 
 
-def test_a_cohort_run_writes_each_slide_once_and_a_broken_one_as_an_error_row(cohort):
-    first, out = cohort["first"], cohort["out"]
+def _check_first_run(first, out: str, slides: list) -> list[str]:
+    """The slides' output names, after checking a run of `slides` plus BROKEN: each slide
+    once, the broken one an error row, the table and totals agreeing with the summaries."""
     assert first.returncode == 2, first.stderr[-3000:]
     assert "Traceback" not in first.stderr
     assert first.stdout.count("error: ") == 1 and BROKEN in first.stdout
@@ -256,17 +253,18 @@ def test_a_cohort_run_writes_each_slide_once_and_a_broken_one_as_an_error_row(co
         assert rows[name]["status"] == "ok" and rows[name]["slide"] == summary["slide"]
         assert float(rows[name]["idc_fraction"]) == pytest.approx(summary["idc_fraction"])
         assert int(rows[name]["tiles"]) == summary["tiles_read"] > 0
-    assert {rows["same"]["slide"], rows["same_2"]["slide"]} == set(cohort["slides"][:2])
+    assert {rows["same"]["slide"], rows["same_2"]["slide"]} == set(slides[:2])
     totals = json.loads(open(os.path.join(out, cohort_table.COHORT_JSON)).read())
     assert (totals["slides"], totals["ok"], totals["error"]) == (7, 6, 1)
     assert os.path.getsize(os.path.join(out, cohort_table.COHORT_PNG)) > 0
     (worker,) = benchmark_events.setting_runs(os.path.join(out, "tensorboard")).values()
     assert worker["cohort/slides_done"] == [(step, step) for step in range(1, 8)]
     assert worker["cohort/slides_left"][-1] == (7, 0)
+    return names
 
 
-def test_summarize_rebuilds_the_same_table_alone(cohort):
-    out = cohort["out"]
+def _check_summarize(out: str) -> None:
+    """--summarize rebuilds the same cohort.csv from the slides' files alone."""
     with open(os.path.join(out, cohort_table.COHORT_CSV), "rb") as f:
         before = f.read()
     os.remove(os.path.join(out, cohort_table.COHORT_CSV))
@@ -281,6 +279,32 @@ def test_summarize_rebuilds_the_same_table_alone(cohort):
     assert missing.returncode == 2 and "error: --summarize=" in missing.stderr
 
 
+def test_a_cohort_run_its_table_and_two_shards_of_it(cohort, tmp_path):
+    """Files, a directory and an @list holding a broken slide: each slide once, the broken
+    one an error row; --summarize rebuilds the table; two shards of the list write what the
+    one worker wrote (the same tiles.csv bytes, the same rows but for seconds)."""
+    folder, slides = cohort["folder"], cohort["slides"]
+    (tmp_path / "slides.txt").write_text(
+        "\n".join(os.path.relpath(s, tmp_path) for s in slides[2:]) + "\n" + BROKEN + "\n")
+    out = str(tmp_path / "out")
+    first = _command(cohort["model_dir"], out, slides[0], str(folder / "a"),
+                     f"@{tmp_path / 'slides.txt'}")
+    names = _check_first_run(first, out, slides)
+    _check_summarize(out)
+    shards = str(tmp_path / "shards")
+    runs = [_command(cohort["model_dir"], shards, f"--shard={i}/2", *slides[2:])
+            for i in range(2)]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert [len(_processed(run.stdout)) for run in runs] == [2, 2]
+    one = {name: value[2] for name, value in _outputs(out).items() if name in names[2:]}
+    assert {name: value[2] for name, value in _outputs(shards).items()} == one
+
+    def rows(folder):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in _table(folder)
+                if row["name"] in one]
+    assert rows(shards) == rows(out)
+
+
 def test_a_rerun_skips_complete_slides_and_overwrite_redoes_them(cohort, tmp_path):
     out = str(tmp_path / "out")
     slides = cohort["slides"][:2]
@@ -291,10 +315,14 @@ def test_a_rerun_skips_complete_slides_and_overwrite_redoes_them(cohort, tmp_pat
     assert again.returncode == 0 and _processed(again.stdout) == []
     assert again.stderr.count("skipped: complete") == 2
     assert _outputs(out) == before
-    # another threshold is another result: redone; so is everything with --overwrite
-    other = _command(cohort["model_dir"], out, "--threshold=0.9", slides[0])
-    assert _processed(other.stdout) == ["same"]
-    redo = _command(cohort["model_dir"], out, "--threshold=0.9", "--overwrite", *slides)
+    # another threshold (any other fingerprint) is another result, not skipped
+    summary = json.loads(open(os.path.join(out, "same", "summary.json")).read())
+    wanted = dict(summary["fingerprint"])
+    assert cohort_module._complete(out, "same", slides[0], summary["slide_quickhash"], wanted)
+    wanted["threshold"] = 0.9
+    assert not cohort_module._complete(out, "same", slides[0], summary["slide_quickhash"],
+                                       wanted)
+    redo = _command(cohort["model_dir"], out, "--overwrite", *slides)
     assert _processed(redo.stdout) == ["same", "same_2"]
 
 
@@ -325,8 +353,6 @@ def test_a_slide_past_its_time_limit_is_an_error_row_and_a_counted_run(cohort, t
     assert row["status"] == "error" and "--slide_timeout_seconds" in row["message"]
     assert cohort_locks.read_attempts(out, row["name"])["attempts"] == 1
     assert not os.path.exists(os.path.join(out, row["name"]))  # no output, not even partial
-    again = _command(cohort["model_dir"], out, slide)  # without the limit: completes
-    assert again.returncode == 0 and [r["status"] for r in _table(out)] == ["ok"]
 
 
 def test_kill_9_mid_cohort_then_a_rerun_finishes_every_slide_once(cohort, tmp_path):
@@ -364,18 +390,3 @@ def test_two_workers_on_one_list_process_each_slide_once(cohort, tmp_path):
     processed = [_processed(stdout) for stdout in stdouts]
     assert sorted(processed[0] + processed[1]) == sorted(_outputs(out))
     assert len(_outputs(out)) == len(slides)
-
-
-def test_two_shards_write_what_one_worker_writes(cohort, tmp_path):
-    slides = cohort["slides"][2:]
-    one = str(tmp_path / "one")
-    assert _command(cohort["model_dir"], one, *slides).returncode == 0
-    shards = str(tmp_path / "shards")
-    runs = [_command(cohort["model_dir"], shards, f"--shard={i}/2", *slides) for i in range(2)]
-    assert [run.returncode for run in runs] == [0, 0]
-    assert [len(_processed(run.stdout)) for run in runs] == [2, 2]
-    tiles = {name: value[2] for name, value in _outputs(one).items()}
-    assert {name: value[2] for name, value in _outputs(shards).items()} == tiles
-    timing = {"seconds"}
-    assert ([{k: v for k, v in row.items() if k not in timing} for row in _table(shards)]
-            == [{k: v for k, v in row.items() if k not in timing} for row in _table(one)])

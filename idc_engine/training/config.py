@@ -152,6 +152,10 @@ class TrainConfig:
     export: bool = cli.option(
         True,
         "At the end, export the best model (.keras and a uint8 SavedModel).")
+    export_int8: bool = cli.option(
+        True, "Export also the int8 LiteRT model for CPUs, with its parity check on val "
+        "(export/int8_parity.json); --noexport_int8: the SavedModel only, and --runtime=auto "
+        "serves it.")
     # reproducibility and testing
     seed: int = cli.option(0, "Seed of data order, augmentation and initialization.")
     deterministic: bool = cli.option(

@@ -51,7 +51,7 @@ class ServingModule(tf.Module):
 
 def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
                  threshold: dict | None = None, calibrate_on: str | None = None,
-                 class_weights=(1.0, 1.0), stain: dict | None = None) -> dict:
+                 class_weights=(1.0, 1.0), stain: dict | None = None, int8: bool = True) -> dict:
     """Writes the artefacts above, replacing the older export as a whole; returns their paths.
 
     They are written to export_dir + ".tmp" and moved into place complete
@@ -64,6 +64,7 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
       (training/calibration_fit.py; class_weights [w_non_idc, w_idc] are the run's); None: none.
     stain: the run's stain normalisation ({"method", "target"}; None: none), in the SavedModel's
       graph and in preprocessing.json (for explain's Keras model).
+    int8: also the int8 LiteRT model and its parity record (int8_export.py).
     """
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("float32")
@@ -78,7 +79,7 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
     os.makedirs(staging)
     try:
         names = _write_artefacts(portable, run_dir.ExportPaths.of(staging), image_size, mean, std,
-                                 threshold, calibrate_on, class_weights, stain)
+                                 threshold, calibrate_on, class_weights, stain, int8)
         atomic_files.replace_directory(staging, export_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -87,7 +88,7 @@ def export_model(model, rebuild, export_dir: str, image_size: int, mean, std,
 
 
 def _write_artefacts(portable, target: run_dir.ExportPaths, image_size, mean, std, threshold,
-                     calibrate_on, class_weights, stain) -> list[str]:
+                     calibrate_on, class_weights, stain, int8: bool = True) -> list[str]:
     """Writes model.keras, the SavedModel, preprocessing.json, when there are some,
     calibration.json and threshold.json, and the int8 model with its parity record, into
     target's (new, empty) directory; returns the names of the ExportPaths fields written."""
@@ -114,7 +115,8 @@ def _write_artefacts(portable, target: run_dir.ExportPaths, image_size, mean, st
     if threshold is not None:
         run_dir.write_threshold(target.export_dir, threshold)
         names.append("threshold")
-    names += _write_int8(portable, module, target, preprocessing, calibrate_on, threshold)
+    if int8:
+        names += _write_int8(portable, module, target, preprocessing, calibrate_on, threshold)
     return names
 
 

@@ -68,7 +68,8 @@ def _train(config: TrainConfig) -> dict:
             state.model, lambda: setup.build_model(config), run.export.export_dir,
             config.image_size, plan.mean, plan.std, stain=plan.stain,
             threshold=export.best_threshold_record(run, best, config.data_dir),
-            calibrate_on=config.data_dir, class_weights=plan.class_weights)
+            calibrate_on=config.data_dir, class_weights=plan.class_weights,
+            int8=config.export_int8)
     return summary
 
 
