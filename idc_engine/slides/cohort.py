@@ -17,13 +17,12 @@ the cohort without redoing finished slides.
 
 import functools
 import hashlib
-import json
 import os
 import time
 
 from absl import logging as absl_logging
 
-from idc_engine.slides import cohort_locks, cohort_table, reader
+from idc_engine.slides import cohort_locks, cohort_table, outputs, reader
 from idc_engine.slides.run import run_slide
 
 
@@ -52,11 +51,7 @@ def fingerprint(config, export: str, threshold, scale: dict, runtime: str) -> di
 
 def _complete(output_dir: str, name: str, slide: str, quickhash: str, wanted: dict) -> bool:
     """Whether OUT/<name>/ holds this slide's complete outputs under the same fingerprint."""
-    try:
-        with open(os.path.join(output_dir, name, "summary.json"), encoding="utf-8") as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return False
+    summary = outputs.read_summary(output_dir, name) or {}
     return (summary.get("slide") == slide and summary.get("slide_quickhash") == quickhash
             and summary.get("fingerprint") == wanted)
 

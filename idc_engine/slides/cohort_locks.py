@@ -23,6 +23,7 @@ import threading
 import uuid
 
 from idc_engine import atomic_files
+from idc_engine.slides import outputs
 
 STATE_DIR = ".cohort"
 # OUT's own folders beside the slides' (the cohort run's TensorBoard, this state)
@@ -79,11 +80,7 @@ def claim_name(output_dir: str, slide: str) -> str:
 
 def _taken_by_older_run(output_dir: str, name: str, slide: str) -> bool:
     """Whether OUT/<name>/ holds another slide's outputs, written before names were claimed."""
-    try:
-        with open(os.path.join(output_dir, name, "summary.json"), encoding="utf-8") as f:
-            return json.load(f).get("slide") not in (None, slide)
-    except (OSError, ValueError):
-        return False
+    return (outputs.read_summary(output_dir, name) or {}).get("slide") not in (None, slide)
 
 
 def _server_now(folder: str) -> float:

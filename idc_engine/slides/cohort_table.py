@@ -18,11 +18,10 @@ atomically.
 import csv
 import glob
 import io
-import json
 import os
 
 from idc_engine import atomic_files
-from idc_engine.slides import cohort_locks
+from idc_engine.slides import cohort_locks, outputs
 
 COHORT_CSV, COHORT_JSON, COHORT_PNG = "cohort.csv", "cohort.json", "cohort_idc_fraction.png"
 # What a cohort run adds to OUT beside the slides' folders.
@@ -34,12 +33,14 @@ COLUMNS = ("slide", "name", "status", "message", "tissue_mm2", "idc_mm2", "idc_f
 def _summaries(output_dir: str) -> dict[str, tuple[dict, float]]:
     """{folder name: (summary.json, its mtime)} of every complete slide output in OUT."""
     found = {}
-    for path in glob.glob(os.path.join(glob.escape(output_dir), "*", "summary.json")):
+    pattern = os.path.join(glob.escape(output_dir), "*", outputs.SUMMARY_JSON)
+    for path in glob.glob(pattern):
+        name = os.path.basename(os.path.dirname(path))
+        summary = outputs.read_summary(output_dir, name)
         try:
-            with open(path, encoding="utf-8") as f:
-                found[os.path.basename(os.path.dirname(path))] = (json.load(f),
-                                                                  os.stat(path).st_mtime)
-        except (OSError, ValueError):
+            if summary is not None:
+                found[name] = (summary, os.stat(path).st_mtime)
+        except OSError:
             continue
     return found
 

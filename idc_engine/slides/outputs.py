@@ -76,6 +76,16 @@ def write_summary(path: str, summary: dict) -> None:
     atomic_files.write_json_atomically(path, summary)
 
 
+def read_summary(output_dir: str, name: str) -> dict | None:
+    """OUT/<name>/summary.json, or None where there is no complete one (summary.json is
+    written last, atomically: present means complete)."""
+    try:
+        with open(os.path.join(output_dir, name, SUMMARY_JSON), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def slide_output_name(slide_path: str) -> str:
     """The slide's file name up to its first dot (a cohort adds _2, _3, ... to a name another
     slide has: slides/cohort_locks.claim_name)."""
