@@ -13,6 +13,7 @@ import sys
 import threading
 
 import benchmark_events
+import browser_check
 import pytest
 
 # benchmarks/ is a folder of the repository, not part of the installed package
@@ -166,21 +167,10 @@ def test_every_committed_figure_lands_on_exactly_one_declared_chart(path):
 def browser_tools():
     """tools/benchmarks_dashboard.py, or a skip (a failure under CI=true) naming what is
     missing to run TensorBoard's page in headless Chromium."""
+    browser_check.require_browser()
     sys.path.insert(0, os.path.join(REPO, "tools"))
     import benchmarks_dashboard
 
-    missing = [path for path in (benchmarks_dashboard.CHROMIUM, benchmarks_dashboard.CHROMEDRIVER)
-               if not os.path.exists(path)]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium package (pip install -e '.[dev]')")
-    if missing:
-        message = (f"the browser test needs {', '.join(missing)}: apt-get install chromium "
-                   "chromium-driver (BUILD.md)")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
     return benchmarks_dashboard
 
 

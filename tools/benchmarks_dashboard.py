@@ -10,7 +10,8 @@ Chromium on its page, the charts read back from the page and a screenshot.
         --page=text --output=docs/figures/benchmarks_provenance.png
 
 Needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver) and
-selenium (the dev extra). tests/test_benchmarks_tensorboard.py drives the same functions.
+selenium (the dev extra): tools/headless_browser.py, the harness the viewer's browser test shares.
+tests/test_benchmarks_tensorboard.py drives the same functions.
 The page opens with smoothing 0 (each point is one measurement) and, for the screenshot,
 "Ignore outliers in chart scaling" unticked (with a few points it hides real ones).
 """
@@ -22,16 +23,14 @@ import queue
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
 import urllib.request
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a script or imported
+from headless_browser import CHROMEDRIVER, CHROMIUM, chromium  # noqa: E402, F401
+
 PAGE = "#custom_scalars&_smoothingWeight=0"
 
 # Every custom-scalars chart card of the page: its category, title and the series it drew
@@ -103,25 +102,6 @@ def wait_for_runs(base_url: str, runs: set[str], timeout: float = 60) -> None:
             raise RuntimeError(f"TensorBoard lists {get_json(base_url + 'data/runs')}, not all "
                                f"of {sorted(runs)}, after {timeout} s")
         time.sleep(0.5)
-
-
-@contextlib.contextmanager
-def chromium(width: int = 1400, height: int = 1000):
-    """A headless Chromium driven by Selenium, with a new empty profile."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    with tempfile.TemporaryDirectory(prefix="chromium_profile_") as profile:
-        for flag in CHROMIUM_FLAGS + (f"--window-size={width},{height}",
-                                      f"--user-data-dir={profile}"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-        try:
-            yield driver
-        finally:
-            driver.quit()
 
 
 def open_custom_scalars(driver, base_url: str, runs_filter: str = "",

@@ -12,6 +12,8 @@ from idc_engine import atomic_files  # noqa: E402
 from idc_engine.evaluation import plots  # noqa: E402
 
 THRESHOLD_COLOUR = "#00e676"  # green, as on evaluate's slide maps
+COLORMAP = "magma_r"          # P(IDC) 0 -> 1: pale yellow -> black through red
+ALPHA = 0.6                   # the probabilities' opacity over the thumbnail
 
 
 def probability_grid(col, row, probability, shape: tuple[int, int]) -> np.ndarray:
@@ -19,6 +21,12 @@ def probability_grid(col, row, probability, shape: tuple[int, int]) -> np.ndarra
     grid = np.full(shape, np.nan, np.float32)
     grid[np.asarray(row), np.asarray(col)] = probability
     return grid
+
+
+def colour_table() -> np.ndarray:
+    """uint8 [256, 3]: the heatmap's colour of a probability p at index min(floor(256 p), 255),
+    matplotlib's own lookup of a float in a 256-colour map (the viewer's overlay uses it)."""
+    return np.round(plt.get_cmap(COLORMAP)(np.arange(256))[:, :3] * 255).astype(np.uint8)
 
 
 def render_heatmap(path: str, thumb: np.ndarray, level0_size: tuple[int, int], grid: np.ndarray,
@@ -30,9 +38,9 @@ def render_heatmap(path: str, thumb: np.ndarray, level0_size: tuple[int, int], g
         figure, axes = plt.subplots(figsize=(7.5, max(3.0, 6.0 * height / width) + 0.8),
                                     layout="constrained")
         axes.imshow(thumb, extent=(0, width, height, 0), interpolation="antialiased")
-        cmap = plt.get_cmap("magma_r").with_extremes(bad=(1, 1, 1, 0))
+        cmap = plt.get_cmap(COLORMAP).with_extremes(bad=(1, 1, 1, 0))
         extent = (0, grid.shape[1] * tile_level0, grid.shape[0] * tile_level0, 0)
-        image = axes.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, alpha=0.6,
+        image = axes.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, alpha=ALPHA,
                             extent=extent, interpolation="nearest")
         axes.set_xlim(0, width)
         axes.set_ylim(height, 0)

@@ -8,7 +8,8 @@
                       probability as the measurement "idc_probability"
     tissue_mask.png   the tissue mask on the thumbnail (white: tissue)
     heatmap.png       idc_engine/slides/heatmap.py
-    summary.json      written last: counts, areas, the scale, timings, unreadable regions
+    summary.json      written last: counts, areas, the scale, timings, unreadable regions,
+                      the model (model_dir) and when the run finished (UTC)
 
 The files are written into OUT/<name>.partial/, which replaces OUT/<name>/ in one
 step once summary.json is in it (staged_slide_dir): a slide that fails part-way leaves no

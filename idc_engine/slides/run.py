@@ -14,6 +14,7 @@ Any OpenSlide error is a SlideError naming the file (reader.openslide_errors): t
 reports the slide and goes on to the next.
 """
 
+import datetime
 import os
 import resource
 import time
@@ -160,6 +161,9 @@ def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale
                 "inference_seconds": round(inference_seconds, 3),
                 "tiles_per_second": round(len(probability) / inference_seconds, 1),
                 "devices": devices, "tta": config.tta,
+                "model_dir": os.path.abspath(config.model_dir) if config.model_dir else "",
+                "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"),
                 **(runtime.record() if runtime else {
                     "runtime": "savedmodel", "runtime_reason": "run_slide given no runtime"}),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
