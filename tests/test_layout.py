@@ -1,6 +1,6 @@
 """The package's layout: folders are the stages of the data's path and imports only go back.
 
-    data -> input -> models -> scoring -> training -> inference -> evaluation -> slides
+    data -> input -> models -> scoring -> training -> inference -> evaluation -> slides -> view
 
 A module of a stage may import its own stage and earlier ones, never a later one, and no package
 module imports a command line (idc_engine/<name>.py at the top). The foundation modules
@@ -12,7 +12,8 @@ import ast
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "idc_engine"
-STAGES = ("data", "input", "models", "scoring", "training", "inference", "evaluation", "slides")
+STAGES = ("data", "input", "models", "scoring", "training", "inference", "evaluation", "slides",
+          "view")
 FOUNDATION = ("errors", "cli", "atomic_files", "__init__")
 MAX_FUNCTION_LINES = 80
 

@@ -39,14 +39,18 @@ class ViewConfig:
     cache_mb: int = cli.option(256, "Encoded Deep Zoom tiles kept in memory (LRU), in MB.")
 
 
+def define_flags() -> None:
+    cli.define_flags(ViewConfig)
+
+
 def check_host(config: ViewConfig) -> None:
     """ViewError naming --host when it is not a local address and --allow_remote is not given."""
     if config.host not in LOCAL_HOSTS and not config.allow_remote:
         raise ViewError(
-            f"--host={config.host}: the viewer has no login, so it serves on localhost only; "
-            f"reach it from another machine through an SSH tunnel (ssh -L 8765:127.0.0.1:8765 "
-            f"THIS_HOST, then idc-view OUT --port=8765 here), or give --allow_remote to serve "
-            f"every machine that can reach {config.host}")
+            f"--host={config.host}: the viewer has no login, so it serves localhost only; from "
+            "another machine, tunnel to it (there: ssh -L 8765:127.0.0.1:8765 THIS_HOST; here: "
+            f"idc-view OUT --port=8765), or give --allow_remote to serve every machine that "
+            f"can reach {config.host}")
     if config.port < 0 or config.port > 65535:
         raise ViewError(f"--port={config.port}: not a TCP port (0-65535; 0 picks a free one)")
 
@@ -98,7 +102,7 @@ def main(argv) -> int:
 
 def run() -> None:
     """Console-script entry point (idc-view)."""
-    cli.run(lambda: cli.define_flags(ViewConfig), main)
+    cli.run(define_flags, main)
 
 
 if __name__ == "__main__":
