@@ -9,7 +9,6 @@ import http.client
 import io
 import json
 import os
-import threading
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
@@ -18,7 +17,6 @@ import pytest
 import view_files
 from PIL import Image
 
-from idc_engine.view import catalog, server
 from idc_engine.view.deepzoom import TileCache
 
 DZI = "{http://schemas.microsoft.com/deepzoom/2008}"
@@ -29,40 +27,9 @@ def out(tmp_path_factory):
     return view_files.write_out(tmp_path_factory.mktemp("view"))
 
 
-class Served:
-    """A ViewerServer on a free localhost port, in a thread; get(path) -> (status, headers,
-    body) on a new connection."""
-
-    def __init__(self, output_dir: str):
-        self.httpd = server.ViewerServer(("127.0.0.1", 0), catalog.load_catalog(output_dir),
-                                         64 << 20)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.slides = {s["name"]: s for s in json.loads(self.get("/api/slides")[2])}
-
-    def request(self, method: str, path: str, connection=None):
-        own = connection is None
-        connection = connection or http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request(method, path)
-            response = connection.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            if own:
-                connection.close()
-
-    def get(self, path: str):
-        return self.request("GET", path)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def served(out):
-    running = Served(out["out"])
+    running = view_files.Served(out["out"])
     yield running
     running.close()
 
@@ -113,7 +80,7 @@ def test_the_dzi_describes_the_slide_at_level_0(served, out):
 def test_tiles_have_their_sizes_and_the_same_bytes_serially_and_under_32_parallel_requests(out):
     """Two servers with empty caches: one asked tile by tile, the other by 32 threads at once
     on their own connections (every tile twice, so cached and encoded answers race too)."""
-    serial, parallel = Served(out["out"]), Served(out["out"])
+    serial, parallel = view_files.Served(out["out"]), view_files.Served(out["out"])
     try:
         expected = _tile_urls(serial, "ok")
         assert len(expected) > 40

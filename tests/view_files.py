@@ -13,12 +13,16 @@ run_slide), at probabilities chosen here so that the tests know them.
     replaced  an output whose slide file is another slide (its quickhash differs)
 """
 
+import http.client
+import json
 import os
 import shutil
+import threading
 
 import numpy as np
 
 from idc_engine.slides import outputs, pyramid_tiff, reader
+from idc_engine.view import catalog, server
 
 UM_PER_PIXEL, LEVELS, CELL = 1.25, 3, 160
 COLUMNS, ROWS = 12, 8
@@ -131,3 +135,34 @@ def write_out(base) -> dict:
     shutil.copy(labelled, replaced)
     return {"out": out, "slide": slide, "summary": summary, "cells": read,
             "unreadable": unreadable, "probability": probability, "labelled": labelled}
+
+
+class Served:
+    """A ViewerServer on a free localhost port, in a thread; get(path) -> (status, headers,
+    body) on a new connection."""
+
+    def __init__(self, output_dir: str):
+        self.httpd = server.ViewerServer(("127.0.0.1", 0), catalog.load_catalog(output_dir),
+                                         64 << 20)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.slides = {s["name"]: s for s in json.loads(self.get("/api/slides")[2])}
+
+    def request(self, method: str, path: str, connection=None):
+        own = connection is None
+        connection = connection or http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path)
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            if own:
+                connection.close()
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
