@@ -137,6 +137,17 @@ CHARTS = {
             "model_alone_int8_vs_savedmodel"),
         "memory/peak_rss_mb": {"engine_cli_{slide}": "peak_rss_mb_cli_{slide}"},
     },
+    # the viewer's tile latency: each way of asking beside the generator alone (no HTTP)
+    "viewer": {
+        **{f"latency_ms/{stat}": {
+            setting: f"{setting}_{stat}_ms" for setting in (
+                "single_connection", "six_connections", "cached", "first_view_uncached",
+                "first_view_cached", "deepzoom_alone")} for stat in ("p50", "p95")},
+        "throughput/tiles_per_s": {"single_connection": "single_connection_tiles_per_s",
+                                   "six_connections": "six_connections_tiles_per_s"},
+        **ratio_charts("single_connection_p95_vs_target", "six_connections_p95_vs_target",
+                       "cached_p95_vs_target"),
+    },
     # float32 and mixed_bfloat16 on the same folds and seeds: each seed's pooled ROC-AUC, the
     # paired difference with its interval and the rule's verdict, the step rates
     "precision": {

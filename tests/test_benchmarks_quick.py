@@ -196,6 +196,18 @@ def test_slide_inference_quick_reports_every_phase_and_the_peak_memory(tmp_path)
     assert report["config"]["tissue_tiles"] > 0
 
 
+def test_viewer_quick_reports_every_latency_of_the_served_tiles(tmp_path):
+    report = run_quick("viewer", tmp_path)
+    check_figures(report["results"], [
+        f"{setting}_{stat}_ms" for setting in (
+            "single_connection", "six_connections", "cached", "first_view_uncached",
+            "first_view_cached", "deepzoom_alone") for stat in ("p50", "p95")] + [
+        "single_connection_p95_vs_target", "six_connections_p95_vs_target",
+        "cached_p95_vs_target", "single_connection_tiles_per_s", "six_connections_tiles_per_s"])
+    assert report["config"]["first_view_tiles"] > 0
+    assert report["details"]["single_connection_p50_ms"]["tiles"] == 12
+
+
 def test_stain_shift_quick_fits_the_target_trains_and_evaluates(tmp_path):
     """One setting (macenko: the stain target's fit, a training and an evaluation); the others
     run the same code with other --stain_normalization/--augment flags (tests/test_stain.py)."""
