@@ -224,7 +224,7 @@ def test_label_and_macro_images_are_never_served(served, out):
 
 
 def test_a_moved_or_replaced_slide_is_listed_with_its_heatmap_and_a_message(served):
-    for name, says in (("moved", "no longer there"), ("replaced", "not the file analysed")):
+    for name, says in (("moved", "no longer there"), (view_files.REPLACED, "not the file analysed")):
         slide = served.slides[name]
         assert says in slide["message"] and "dzi" not in slide and "overlay" not in slide
         status, headers, body = served.get(slide["heatmap"])
@@ -270,3 +270,35 @@ def test_a_second_request_of_a_tile_comes_from_the_cache(served):
     assert served.get(f"{base}_files/8/0_0.jpeg")[2] == first and cache.hits == hits + 1
     served.get(f"{base}_files/8/1_0.jpeg")
     assert cache.hits == hits + 1  # negative control: another tile is a miss
+
+
+def test_a_tile_openslide_cannot_decode_is_500_and_the_tiles_after_it_are_served(out, tmp_path):
+    """A copy of the slide with one TIFF tile of level 0 overwritten (tests/slide_files.py):
+    OpenSlide's handle is dead after the error, so the server must reopen it."""
+    import shutil
+
+    import slide_files
+
+    slide = str(tmp_path / "ok.tiff")
+    shutil.copy(out["slide"], slide)
+    slide_files.corrupt_tile(slide, 0, 300, 300)  # TIFF tile (1, 1): level-0 256..511
+    cells = out["cells"]
+    view_files.write_outputs(str(tmp_path / "out"), "corrupt", slide, out["probability"],
+                             cells, out["unreadable"])
+    served = view_files.Served(str(tmp_path / "out"))
+    try:
+        finest = len(_levels(1920, 1280)) - 1
+        base = served.slides["corrupt"]["dzi"].removesuffix(".dzi")
+        for _ in range(2):  # not cached as a tile
+            status, _, body = served.get(f"{base}_files/{finest}/1_1.jpeg")
+            assert status == 500 and b"cannot decode" in body
+        assert served.get(f"{base}_files/{finest}/6_4.jpeg")[0] == 200
+    finally:
+        served.close()
+    # negative control: the same tile of the intact slide
+    intact = view_files.Served(out["out"])
+    try:
+        base = intact.slides["ok"]["dzi"].removesuffix(".dzi")
+        assert intact.get(f"{base}_files/{finest}/1_1.jpeg")[0] == 200
+    finally:
+        intact.close()

@@ -43,7 +43,7 @@ def test_it_serves_out_on_a_free_localhost_port_and_says_where(out):
         assert "serving 4 slides" in line and "(2 viewable)" in line
         with urllib.request.urlopen(url + "api/slides", timeout=30) as response:
             names = [s["name"] for s in json.load(response)]
-        assert names == ["labelled", "moved", "ok", "replaced"]
+        assert names == ["labelled", "moved", "ok", view_files.REPLACED]
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -10,7 +10,8 @@ run_slide), at probabilities chosen here so that the tests know them.
     labelled  an Aperio SVS (tifffile) with a label and a macro image of pure green (LABEL_RGB),
               which OpenSlide lists as associated images; its levels hold no green
     moved     an output whose slide file is gone
-    replaced  an output whose slide file is another slide (its quickhash differs)
+    REPLACED  an output whose slide file is another slide (its quickhash differs); its name
+              needs quoting in a URL
 """
 
 import http.client
@@ -29,6 +30,7 @@ COLUMNS, ROWS = 12, 8
 THRESHOLD = 0.5
 NEAR_THRESHOLD = THRESHOLD - 4e-7   # written "0.500000" with idc 0
 LABEL_RGB = (0, 255, 0)
+REPLACED = "replaced ä #1?"   # a folder name that a URL must quote
 
 
 def _patches(count: int, seed: int) -> np.ndarray:
@@ -131,7 +133,7 @@ def write_out(base) -> dict:
     os.remove(moved)
     replaced = os.path.join(base, "replaced.tiff")
     shutil.copy(slide, replaced)
-    write_outputs(out, "replaced", replaced, probability, read, unreadable)
+    write_outputs(out, REPLACED, replaced, probability, read, unreadable)
     shutil.copy(labelled, replaced)
     return {"out": out, "slide": slide, "summary": summary, "cells": read,
             "unreadable": unreadable, "probability": probability, "labelled": labelled}

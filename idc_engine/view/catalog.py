@@ -107,7 +107,9 @@ def load_catalog(output_dir: str) -> dict[str, CatalogSlide]:
         raise ViewError(f"{output_dir}: no such directory (give the --output_dir idc-slide "
                         "wrote into)")
     pattern = os.path.join(glob.escape(output_dir), "*", outputs.SUMMARY_JSON)
-    names = sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(pattern))
+    # a slide's folder name stops at its file name's first dot: NAME.partial is a run's staging
+    names = sorted(name for name in (os.path.basename(os.path.dirname(p))
+                                     for p in glob.glob(pattern)) if "." not in name)
     catalog = {}
     for name in names:
         entry = load_slide(output_dir, name)

@@ -34,7 +34,7 @@ import urllib.parse
 from idc_engine.slides import outputs
 from idc_engine.view import catalog as catalog_lib
 from idc_engine.view import overlay
-from idc_engine.view.deepzoom import DeepZoom
+from idc_engine.view.deepzoom import DeepZoom, UnreadableTile
 
 CSP = ("default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'{style}; "
        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -171,8 +171,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return True
             self.send_body(200, body, "application/json; charset=utf-8", IMMUTABLE)
         else:
-            tile = self.server.deepzoom.tile(entry.name, int(found["level"]), int(found["col"]),
-                                             int(found["row"]))
+            try:
+                tile = self.server.deepzoom.tile(entry.name, int(found["level"]),
+                                                 int(found["col"]), int(found["row"]))
+            except UnreadableTile as e:
+                self.send_body(500, f"{e}\n".encode(), "text/plain; charset=utf-8")
+                return True
             if tile is None:
                 return False
             self.send_body(200, tile, "image/jpeg", IMMUTABLE)
