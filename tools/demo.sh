@@ -7,7 +7,8 @@
 #   4. train CancerNet for a short run on the CPU and print its validation metrics,
 #   5. evaluate it on the test split: threshold chosen on validation, patch- and patient-level
 #      metrics with bootstrap confidence intervals, plots and slide maps,
-#   then whole-slide inference on a pyramidal TIFF of the test split's patches at their (x, y).
+#   then whole-slide inference on a pyramidal TIFF of the test split's patches at their (x, y),
+#   and the command that shows that slide in the viewer (idc-view).
 # Idempotent: every run regenerates the same tree (fixed seed) and starts training afresh.
 set -euo pipefail
 # Drops TensorFlow's C++ start-up lines ("I0000 ... oneDNN", "cuInit" on a machine without a
@@ -44,3 +45,6 @@ echo "== 6/6 whole-slide inference: a pyramidal TIFF of the test patches at thei
 mkdir -p "$SLIDES"
 python tools/make_slide.py --data_dir="$DATA" --split=test --output="$SLIDES/test_split.tiff" 2>&1 | quiet
 python -m idc_engine.slide --model_dir="$MODEL" --output_dir="$SLIDES" "$SLIDES/test_split.tiff" 2>&1 | quiet | sed -u '/^{/,$d'
+echo
+echo "See the slide at full resolution with its IDC overlay in your browser:"
+echo "  .venv/bin/idc-view $SLIDES      # or: python -m idc_engine.view $SLIDES"
