@@ -264,6 +264,7 @@ def measure(work: str) -> BenchmarkReport:
     alone = _deepzoom_alone(slide, plan["alone"])
     width, height = plan["dimensions"]
     report = BenchmarkReport("viewer", FLAGS.output_dir, config={
+        "command": " ".join(["python -m benchmarks.viewer", *sys.argv[1:]]),
         "quick": FLAGS.quick, "slide_pixels": [width, height], "grid": FLAGS.grid,
         "um_per_pixel": FLAGS.um_per_pixel, "levels": FLAGS.levels,
         "slide_mb": round(os.path.getsize(slide) / 2**20, 1), "tiles_per_figure": FLAGS.tiles,

@@ -4,7 +4,8 @@ slides. The page loads the slide and its tiles arrive, each aligned with the sli
 the overlay's pixel over a known IDC tile has the heatmap's colour at the set opacity, a tile
 below the threshold is transparent and one never analysed is not; the threshold slider changes
 the number of coloured cells to tiles.csv's count; hovering names the tile's probability; no
-console error, no request off the server. Skipped without chromium (a failure under CI=true)."""
+console error, no request off the server; the list opens a moved slide as its heatmap.png.
+Skipped without chromium (a failure under CI=true)."""
 
 import csv
 import os
@@ -118,6 +119,16 @@ def test_the_page_shows_the_slide_its_overlay_and_recolours_at_the_threshold(out
             readout = _wait(driver, "return document.getElementById('readout').textContent")
             cell = (top["x"] // view_files.CELL, top["y"] // view_files.CELL)
             assert f"tile ({cell[0]}, {cell[1]})" in readout and f"{top['p']:.4f}" in readout
+            # the list: every slide; a moved one opens as its heatmap.png, with its message
+            rows = driver.find_elements("css selector", "#slides tbody tr")
+            assert [r.get_attribute("data-name") for r in rows] == [
+                "labelled", "moved", "ok", view_files.REPLACED]
+            rows[1].click()
+            _wait(driver, "const img = document.getElementById('heatmap'); return !img.hidden "
+                          "&& img.complete && img.naturalWidth > 0")
+            assert "no longer there" in driver.find_element("id", "message").text
+            rows[2].click()
+            _wait(driver, _LOADED)
             # no console error, no request but to the server, the tiles among them
             errors, urls = browser.console_errors(driver), browser.requested_urls(driver)
             assert errors == []

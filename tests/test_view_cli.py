@@ -13,7 +13,7 @@ import pytest
 import view_files
 from cli_flags import check_every_flag_is_documented
 
-from idc_engine.view.__main__ import ViewConfig, ViewError, check_host
+from idc_engine.view.__main__ import ViewConfig, ViewError, check_address
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +66,10 @@ def test_a_host_other_than_localhost_is_refused_unless_allowed(out):
     refused(view(out, "--host=0.0.0.0"), "--host=0.0.0.0", "ssh -L", "--allow_remote")
     # the rule itself; binding every interface in a test is left out
     for host in ("127.0.0.1", "localhost", "::1"):
-        check_host(ViewConfig(host=host))
-    check_host(ViewConfig(host="0.0.0.0", allow_remote=True))
+        check_address(ViewConfig(host=host))
+    check_address(ViewConfig(host="0.0.0.0", allow_remote=True))
     with pytest.raises(ViewError, match="--host=192.168.1.5"):
-        check_host(ViewConfig(host="192.168.1.5"))
+        check_address(ViewConfig(host="192.168.1.5"))
 
 
 def test_every_flag_is_in_helpfull():

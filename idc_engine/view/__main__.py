@@ -43,8 +43,9 @@ def define_flags() -> None:
     cli.define_flags(ViewConfig)
 
 
-def check_host(config: ViewConfig) -> None:
-    """ViewError naming --host when it is not a local address and --allow_remote is not given."""
+def check_address(config: ViewConfig) -> None:
+    """ViewError naming --host when it is not a local address and --allow_remote is not given,
+    or --port when it is not a TCP port."""
     if config.host not in LOCAL_HOSTS and not config.allow_remote:
         raise ViewError(
             f"--host={config.host}: the viewer has no login, so it serves localhost only; from "
@@ -61,7 +62,7 @@ def make_server(output_dir: str, config: ViewConfig):
 
     from idc_engine.view import catalog, server
 
-    check_host(config)
+    check_address(config)
     slides = catalog.load_catalog(output_dir)
     server_class = server.ViewerServer
     if ":" in config.host:

@@ -16,7 +16,7 @@ const UNREADABLE = [33, 150, 243, 255];
 const CELL_ANALYSED = 1, CELL_UNREADABLE = 2;
 
 const state = {
-  viewer: null, slide: null, overlay: null, threshold: 0,
+  viewer: null, tracker: null, slide: null, overlay: null, threshold: 0,
   probability: null,  // Float64Array [rows * columns], NaN where not analysed
   kind: null,         // Uint8Array [rows * columns]: 0 not analysed, 1 analysed, 2 unreadable
   grid: null,         // canvas [rows, columns], one pixel per cell
@@ -71,8 +71,10 @@ async function openSlide(slide) {
   for (const row of $("slides").tBodies[0].rows) row.classList.toggle("selected", row.dataset.name === slide.name);
   showDetails(slide);
   $("message").textContent = slide.message;
+  if (state.tracker) { state.tracker.destroy(); state.tracker = null; }
   if (state.viewer) { state.viewer.destroy(); state.viewer = null; }
   state.overlay = null;
+  state.pinned = null;
   $("readout").textContent = "";
   const viewable = Boolean(slide.dzi);
   $("heatmap").hidden = viewable;
@@ -100,17 +102,19 @@ function makeViewer(slide) {
   viewer.addHandler("update-viewport", drawOverlay);
   viewer.addHandler("resize", drawOverlay);
   viewer.addHandler("open", drawOverlay);
+  viewer.addHandler("open-failed", (event) => { $("message").textContent = `the slide did not open: ${event.message}`; });
   viewer.addHandler("canvas-click", (event) => {
     if (!event.quick) return;
     state.pinned = cellAt(event.position);
     showReadout(state.pinned);
     drawOverlay();
   });
-  new OpenSeadragon.MouseTracker({
+  state.tracker = new OpenSeadragon.MouseTracker({
     element: viewer.canvas,
     moveHandler: (event) => showReadout(cellAt(event.position)),
     leaveHandler: () => showReadout(state.pinned),
-  }).setTracking(true);
+  });
+  state.tracker.setTracking(true);
 }
 
 function prepareCells(overlay) {
