@@ -69,7 +69,8 @@ def make_server(output_dir: str, config: ViewConfig):
         server_class = type("ViewerServer6", (server.ViewerServer,),
                             {"address_family": socket.AF_INET6})
     try:
-        return server_class((config.host, config.port), slides, config.cache_mb << 20)
+        return server_class((config.host, config.port), slides, config.cache_mb << 20,
+                            local_only=not config.allow_remote)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise ViewError(f"--port={config.port}: {config.host}:{config.port} is in use by "

@@ -8,7 +8,9 @@
     GET /slides/<name>/<version>/overlay.json      the overlay's data (overlay.py)
     GET /slides/<name>/<version>/heatmap.png       the run's heatmap.png
 
-Anything else is 404, any method but GET 405. Paths are matched against these patterns and
+Anything else is 404, any method but GET 405; a request naming another host than this machine
+(its Host header: a web page that rebinds its own name to 127.0.0.1 to read the slides) 403,
+unless --allow_remote. Paths are matched against these patterns and
 <name> looked up in the catalog: no file path is built from a URL, so a traversal attempt
 (`..`, encoded or not) matches nothing. Static files are read into memory at start-up from the
 package's static/ folder. The slides' URLs carry their version, so they are cached for a year
@@ -44,6 +46,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 SLIDE_FILE = re.compile(r"/slides/(?P<name>[^/]+)/(?P<version>[0-9a-f]{12})/(?P<file>"
                         r"slide\.dzi|overlay\.json|heatmap\.png|"
                         r"slide_files/(?P<level>\d{1,3})/(?P<col>\d{1,7})_(?P<row>\d{1,7})\.jpeg)")
+LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
 METHODS = ("POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT")
 
 
@@ -84,8 +87,9 @@ class ViewerServer(http.server.ThreadingHTTPServer):
     daemon_threads = True          # a browser's idle keep-alive connections never block exit
     request_queue_size = 64
 
-    def __init__(self, address, catalog: dict, cache_bytes: int):
+    def __init__(self, address, catalog: dict, cache_bytes: int, local_only: bool = True):
         self.catalog = catalog
+        self.local_only = local_only
         self.deepzoom = DeepZoom(catalog, cache_bytes)
         self.static = static_files()
         self.csp = content_security_policy(self.static[OPENSEADRAGON][0])
@@ -131,7 +135,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_body(405, b"GET only\n", "text/plain; charset=utf-8",
                        extra={"Allow": "GET", "Connection": "close"})
 
+    def names_this_machine(self) -> bool:
+        """Whether the Host header is a local name (any port: an SSH tunnel's may differ)."""
+        host = self.headers.get("Host", "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return not self.server.local_only or name in LOCAL_NAMES
+
     def do_GET(self) -> None:  # noqa: N802 (the base class's name)
+        if not self.names_this_machine():
+            self.send_body(403, b"this viewer answers requests for 127.0.0.1 only\n",
+                           "text/plain; charset=utf-8")
+            return
         path = urllib.parse.urlsplit(self.path).path
         static = self.server.static.get(path)
         if static is not None:
