@@ -141,10 +141,13 @@ CHARTS = {
     "viewer": {
         **{f"latency_ms/{stat}": {
             setting: f"{setting}_{stat}_ms" for setting in (
-                "single_connection", "six_connections", "cached", "first_view_uncached",
-                "first_view_cached", "deepzoom_alone")} for stat in ("p50", "p95")},
-        "throughput/tiles_per_s": {"single_connection": "single_connection_tiles_per_s",
-                                   "six_connections": "six_connections_tiles_per_s"},
+                "single_connection", "six_connections", "six_connections_viewports", "cached",
+                "first_view_uncached", "first_view_cached", "deepzoom_alone")}
+            for stat in ("p50", "p95")},
+        "throughput/tiles_per_s": {
+            "single_connection": "single_connection_tiles_per_s",
+            "six_connections": "six_connections_tiles_per_s",
+            "six_connections_viewports": "six_connections_viewports_tiles_per_s"},
         **ratio_charts("single_connection_p95_vs_target", "six_connections_p95_vs_target",
                        "cached_p95_vs_target"),
     },

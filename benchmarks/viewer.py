@@ -17,6 +17,9 @@ tiles asked (each a 254-px tile with its 1-px overlaps, JPEG):
                         (read, encoded, put in the LRU), one connection, one request at a time
     six_connections     6 x --tiles / 6 other such tiles on 6 connections at once (a browser's
                         per-host limit); six_connections_tiles_per_s: their throughput
+    six_connections_viewports   the same, the tiles of --tiles / 20 views of 5 x 4 neighbouring
+                        tiles (a browser's view of 1,270 x 1,016 pixels), view after view: the
+                        neighbours share the slide's TIFF tiles, which OpenSlide decodes once
     cached              the single connection's tiles asked again (the server's LRU)
     first_view_uncached every tile of the Deep Zoom levels up to the one that fits a 1,280-px
                         window (what a page asks first), never asked before, one connection;
@@ -60,6 +63,7 @@ quick.define_flag()
 QUICK_SIZES = {"grid": 6, "tiles": 12}
 TARGETS_MS = {"single_connection": 10.0, "six_connections": 30.0, "cached": 2.0}
 CONNECTIONS = 6
+VIEWPORT = (5, 4)      # tiles across and down: a 1,270 x 1,016-pixel view
 FIRST_VIEW_PIXELS = 1280
 
 
@@ -162,34 +166,53 @@ class Viewer:
         self.process.wait(timeout=30)
 
 
-def _plan(slide: str, rng) -> dict:
-    """The tiles each figure asks: disjoint samples of the finest level's tiles over tissue,
-    and every tile of the first view's levels; (level, col, row) each."""
+def _finest_level(slide: str) -> tuple[int, tuple[int, int], tuple[int, int], list]:
+    """(the finest Deep Zoom level, its (columns, rows) of tiles, its (width, height), every
+    tile (level, col, row) of the levels up to FIRST_VIEW_PIXELS a side)."""
     import openslide
     from openslide import deepzoom
 
     with openslide.OpenSlide(slide) as handle:
         generator = deepzoom.DeepZoomGenerator(handle, 254, 1)
         finest = generator.level_count - 1
-        columns, rows = generator.level_tiles[finest]
-        width, height = generator.level_dimensions[finest]
         first_view = [(level, c, r) for level in range(generator.level_count)
                       if max(generator.level_dimensions[level]) <= FIRST_VIEW_PIXELS
                       for c in range(generator.level_tiles[level][0])
                       for r in range(generator.level_tiles[level][1])]
+        return (finest, generator.level_tiles[finest], generator.level_dimensions[finest],
+                first_view)
+
+
+def _plan(slide: str, rng) -> dict:
+    """The tiles each figure asks, (level, col, row) each, none asked twice across figures:
+    VIEWPORT blocks of neighbouring finest-level tiles over tissue (as a browser asks for a
+    view), disjoint random samples of the other finest-level tiles over tissue, and every tile
+    of the first view's levels."""
+    finest, (columns, rows), (width, height), first_view = _finest_level(slide)
     c, r = np.meshgrid(np.arange(columns), np.arange(rows))
     cell = np.minimum(((r + 0.5) * 254 / height * FLAGS.grid).astype(int), FLAGS.grid - 1), \
         np.minimum(((c + 0.5) * 254 / width * FLAGS.grid).astype(int), FLAGS.grid - 1)
     over_tissue = _tissue(FLAGS.grid)[cell]
-    candidates = np.stack([c[over_tissue], r[over_tissue]], 1)
-    chosen = candidates[rng.permutation(len(candidates))]
+    across, down = VIEWPORT
+    blocks = [(bc, br) for bc in range(0, columns - across + 1, across)
+              for br in range(0, rows - down + 1, down)
+              if over_tissue[br:br + down, bc:bc + across].all()]
     n = FLAGS.tiles
-    if len(chosen) < 3 * n:
+    picked = [blocks[i] for i in rng.permutation(len(blocks))[:max(1, n // (across * down))]]
+    viewports = [(finest, bc + i, br + j) for bc, br in picked
+                 for j in range(down) for i in range(across)]
+    used = np.zeros_like(over_tissue)
+    for _, col, row in viewports:
+        used[row, col] = True
+    candidates = np.stack([c[over_tissue & ~used], r[over_tissue & ~used]], 1)
+    chosen = candidates[rng.permutation(len(candidates))]
+    if len(chosen) < 3 * n or not picked:
         raise ValueError(f"--tiles={n}: the slide has {len(chosen)} finest-level tiles over "
-                         f"tissue, fewer than the 3 x {n} the figures ask; enlarge --grid")
+                         f"tissue outside {len(picked)} viewports, fewer than the 3 x {n} the "
+                         "figures ask; enlarge --grid")
     take = lambda part: [(finest, int(a), int(b)) for a, b in chosen[part * n:(part + 1) * n]]
-    return {"single": take(0), "six": take(1), "alone": take(2), "first_view": first_view,
-            "dimensions": (width, height), "finest": finest}
+    return {"single": take(0), "six": take(1), "alone": take(2), "viewports": viewports,
+            "first_view": first_view, "dimensions": (width, height)}
 
 
 def _six_connections(viewer: Viewer, tiles: list) -> tuple[list[float], float]:
@@ -259,6 +282,7 @@ def measure(work: str) -> BenchmarkReport:
         cached = viewer.timed(connection, plan["single"])
         connection.close()
         six, six_seconds = _six_connections(viewer, plan["six"])
+        viewports, viewports_seconds = _six_connections(viewer, plan["viewports"])
     finally:
         viewer.close()
     alone = _deepzoom_alone(slide, plan["alone"])
@@ -269,14 +293,18 @@ def measure(work: str) -> BenchmarkReport:
         "um_per_pixel": FLAGS.um_per_pixel, "levels": FLAGS.levels,
         "slide_mb": round(os.path.getsize(slide) / 2**20, 1), "tiles_per_figure": FLAGS.tiles,
         "first_view_tiles": len(plan["first_view"]), "connections": CONNECTIONS,
+        "viewport_tiles": list(VIEWPORT), "viewports": len(plan["viewports"]) // (
+            VIEWPORT[0] * VIEWPORT[1]),
         "cache_mb": FLAGS.cache_mb, "tile": "254 px + 1-px overlap, JPEG quality 75",
         "load_average_before_after": [load_before, _load()],
         "targets_ms_p95": TARGETS_MS})
     for name, times in (("single_connection", single), ("six_connections", six),
+                        ("six_connections_viewports", viewports),
                         ("cached", cached), ("first_view_uncached", first_view),
                         ("first_view_cached", first_view_cached), ("deepzoom_alone", alone)):
         _add_latency(report, name, times)
     report.add("six_connections_tiles_per_s", len(six) / six_seconds)
+    report.add("six_connections_viewports_tiles_per_s", len(viewports) / viewports_seconds)
     report.add("single_connection_tiles_per_s", 1000 * len(single) / sum(single))
     return report
 
