@@ -149,7 +149,7 @@ CHARTS = {
             "six_connections": "six_connections_tiles_per_s",
             "six_connections_viewports": "six_connections_viewports_tiles_per_s"},
         **ratio_charts("single_connection_p95_vs_target", "six_connections_p95_vs_target",
-                       "cached_p95_vs_target"),
+                       "six_connections_viewports_p95_vs_target", "cached_p95_vs_target"),
     },
     # float32 and mixed_bfloat16 on the same folds and seeds: each seed's pooled ROC-AUC, the
     # paired difference with its interval and the rule's verdict, the step rates

@@ -26,8 +26,8 @@ tiles asked (each a 254-px tile with its 1-px overlaps, JPEG):
                         first_view_cached: the same again
     deepzoom_alone      DeepZoomGenerator.get_tile and the JPEG encoding in this process, no
                         HTTP, other finest-level tiles: the floor the server adds to
-Targets (issue 27): single_connection p95 <= 10 ms, six_connections p95 <= 30 ms, cached p95
-<= 2 ms; each *_p95_vs_target is p95 / target (<= 1 meets it).
+Targets (issue 27): single_connection p95 <= 10 ms, six_connections (and its viewports) p95
+<= 30 ms, cached p95 <= 2 ms; each *_p95_vs_target is p95 / target (<= 1 meets it).
 """
 
 import concurrent.futures
@@ -61,7 +61,8 @@ flags.DEFINE_string("work_dir", "", "Where the slide is generated (kept, and reu
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and TensorBoard go.")
 quick.define_flag()
 QUICK_SIZES = {"grid": 6, "tiles": 12}
-TARGETS_MS = {"single_connection": 10.0, "six_connections": 30.0, "cached": 2.0}
+TARGETS_MS = {"single_connection": 10.0, "six_connections": 30.0,
+              "six_connections_viewports": 30.0, "cached": 2.0}
 CONNECTIONS = 6
 VIEWPORT = (5, 4)      # tiles across and down: a 1,270 x 1,016-pixel view
 FIRST_VIEW_PIXELS = 1280
