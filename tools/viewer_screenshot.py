@@ -1,5 +1,6 @@
 """The slide viewer's page in headless Chromium, for the docs: python -m idc_engine.view on an
-OUT folder, a slide opened, the mouse over its most probable IDC tile, a screenshot.
+OUT folder, a slide opened, its most probable IDC tile clicked (outlined, its readout shown), a
+screenshot.
 
     make demo
     python tools/viewer_screenshot.py --output_dir=runs/demo/slides --output=docs/figures/viewer.png
@@ -72,7 +73,7 @@ def main(argv) -> None:
             time.sleep(1)  # the opening animation ends
             offset = driver.execute_script(_OFFSET, x, y)
             ActionChains(driver).move_to_element_with_offset(
-                driver.find_element("id", "viewer"), *map(int, offset)).perform()
+                driver.find_element("id", "viewer"), *map(int, offset)).click().perform()
             time.sleep(0.5)
             driver.save_screenshot(values.output)
     finally:

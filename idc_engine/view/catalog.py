@@ -152,6 +152,7 @@ def describe(entry: CatalogSlide) -> dict:
         "idc_area_mm2": summary.get("idc_area_mm2"), "tiles": summary.get("tiles_read"),
         "idc_tiles": summary.get("idc_tiles"), "threshold": summary.get("threshold"),
         "threshold_source": summary.get("threshold_source", ""), "model": _model(summary),
+        "model_name": os.path.basename((summary.get("model_dir") or "").rstrip("/")) or "?",
         "date": _date(entry), "dimensions": summary.get("level0_dimensions"),
         "um_per_pixel": summary.get("scale", {}).get("slide_um_per_pixel"),
         "heatmap": f"{base}/heatmap.png"}

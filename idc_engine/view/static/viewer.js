@@ -47,6 +47,9 @@ function fillList(slides) {
                    format(slide.tissue_area_mm2, 2), slide.tiles === null ? "–" : slide.tiles.toLocaleString("en"),
                    format(slide.threshold, 3)];
     for (const text of cells) row.insertCell().textContent = text;
+    const when = row.cells[0].appendChild(document.createElement("div"));
+    when.className = "sub";
+    when.textContent = `${slide.date.slice(0, 16).replace("T", " ")} · ${slide.model_name}`;
     row.title = slide.message || slide.slide;
     row.addEventListener("click", () => { location.hash = "slide=" + encodeURIComponent(slide.name); });
   }
