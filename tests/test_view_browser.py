@@ -1,11 +1,11 @@
 """The viewer's page in a real browser: Debian's headless Chromium (tools/headless_browser.py,
 the harness the benchmarks dashboard's test shares) on the server over tests/view_files.py's
-slides. The page loads the slide and its tiles arrive, each aligned with the slide's own pixels;
-the overlay's pixel over a known IDC tile has the heatmap's colour at the set opacity, a tile
-below the threshold is transparent and one never analysed is not; the threshold slider changes
-the number of coloured cells to tiles.csv's count; hovering names the tile's probability; no
-console error, no request off the server; the list opens a moved slide as its heatmap.png.
-Skipped without chromium (a failure under CI=true)."""
+slides. The page loads the slide and its tiles arrive, aligned with the slide's own pixels; the
+overlay's pixel over a known IDC tile has the heatmap's colour at the set opacity, a tile below
+the threshold is transparent, one never analysed grey and an unreadable one blue; the threshold
+slider changes the number of coloured cells to tiles.csv's count; hovering names the tile's
+probability; no console error, no request off the server; the list opens a moved slide as its
+heatmap.png. Skipped without chromium (a failure under CI=true)."""
 
 import csv
 import os
@@ -96,6 +96,10 @@ def test_the_page_shows_the_slide_its_overlay_and_recolours_at_the_threshold(out
             assert driver.execute_script(_PIXELS, *_centre(below))["overlay"][3] == 0
             unanalysed = driver.execute_script(_PIXELS, *glass)["overlay"]
             assert _close(unanalysed, [110, 110, 110, round(0.6 * 115)]), unanalysed
+            (col, row), = out["unreadable"].tolist()
+            unreadable = driver.execute_script(_PIXELS, (col + 0.5) * view_files.CELL,
+                                               (row + 0.5) * view_files.CELL)["overlay"]
+            assert _close(unreadable, [33, 150, 243, round(0.6 * 255)]), unreadable
             driver.save_screenshot(str(tmp_path / "viewer.png"))
             # the threshold recolours in the page: as many cells as tiles.csv has at 0.8
             coloured, text = driver.execute_script(_SET, "threshold", 0.8)
