@@ -31,10 +31,10 @@ from idc_engine import cli, errors
 
 # The README table's order, in which the results are listed.
 BENCHMARKS = ("convert", "input_pipeline", "train_step", "inference", "tta", "stain",
-              "stain_shift", "slide_inference", "precision", "viewer")
+              "stain_shift", "slide_inference", "cohort", "precision", "viewer")
 # Slowest --quick first (measured on 2 cores), so that two at a time end together.
-QUICK_ORDER = ("train_step", "stain_shift", "precision", "input_pipeline", "stain", "slide_inference",
-               "inference", "tta", "convert", "viewer")
+QUICK_ORDER = ("train_step", "stain_shift", "precision", "input_pipeline", "cohort", "stain",
+               "slide_inference", "inference", "tta", "convert", "viewer")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 

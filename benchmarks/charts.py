@@ -137,6 +137,18 @@ CHARTS = {
             "model_alone_int8_vs_savedmodel"),
         "memory/peak_rss_mb": {"engine_cli_{slide}": "peak_rss_mb_cli_{slide}"},
     },
+    # a cohort of mixed sizes against one large slide of the same tiles; the per-slide fixed
+    # cost by size class, with and without the slides' overlap; two shards against one process
+    "cohort": {
+        "throughput/tiles_per_s": {
+            "cohort": "cohort_tiles_per_s", "cohort_no_overlap": "cohort_no_overlap_tiles_per_s",
+            "large_slide": "large_slide_tiles_per_s", "two_shards": "two_shards_tiles_per_s"},
+        **ratio_charts("cohort_vs_large_slide", "cohort_no_overlap_vs_large_slide",
+                       "overlap_vs_no_overlap", "two_shards_vs_one_process"),
+        "fixed_seconds_per_slide/{size}": {
+            "cohort": "cohort_fixed_seconds_{size}",
+            "cohort_no_overlap": "cohort_no_overlap_fixed_seconds_{size}"},
+    },
     # the viewer's tile latency: each way of asking beside the generator alone (no HTTP)
     "viewer": {
         **{f"latency_ms/{stat}": {

@@ -44,7 +44,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from benchmarks import litert, quick
+from benchmarks import litert, quick, untrained_model
 from benchmarks.report import BenchmarkReport
 
 FLAGS = flags.FLAGS
@@ -64,22 +64,6 @@ flags.DEFINE_integer("threads", None, "Threads of TensorFlow (intra-op) and of L
                      "the usable cores.")
 quick.define_flag()
 QUICK_SIZES = {"batch_sizes": ["16", "32"], "num_images": 64, "num_png_files": 32, "repeats": 1}
-
-# Mean/std of a synthetic train split: only the untrained model's normalization.
-_SYNTHETIC_MEAN = [196.9627, 145.5059, 191.7613]
-_SYNTHETIC_STD = [43.724, 44.734, 28.9458]
-
-
-def export_untrained_cancernet(export_dir: str, image_size: int) -> None:
-    import keras
-
-    from idc_engine import models
-    from idc_engine.training import export
-
-    keras.utils.set_random_seed(0)
-    build = lambda: models.build_model("cancernet", (image_size, image_size, 3))
-    export.export_model(build(), build, export_dir, image_size, _SYNTHETIC_MEAN, _SYNTHETIC_STD)
-
 
 def synthetic_png_files(work: str, count: int) -> list:
     """Paths of >= count PNG patches of a small synthetic Kaggle tree (quirk-free)."""
@@ -109,14 +93,7 @@ def _time(fn) -> float:
 
 def benchmark_export(work: str):
     """(run_dir.ExportPaths, description): --model's export, or an untrained CancerNet's."""
-    from idc_engine.training import run_dir
-
-    if FLAGS.model:
-        paths = run_dir.find_export(FLAGS.model)
-        return paths, paths.export_dir
-    export_untrained_cancernet(os.path.join(work, "export"), FLAGS.image_size)
-    paths = run_dir.find_export(os.path.join(work, "export"))
-    return paths, f"untrained CancerNet {FLAGS.image_size}x{FLAGS.image_size} (export_model)"
+    return untrained_model.benchmark_export(FLAGS.model, work, FLAGS.image_size)
 
 
 def benchmark_images(work: str):

@@ -48,7 +48,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from benchmarks import litert, quick
+from benchmarks import generated_slides, litert, quick, untrained_model
 from benchmarks.report import BenchmarkReport
 
 FLAGS = flags.FLAGS
@@ -67,37 +67,6 @@ quick.define_flag()
 QUICK_SIZES = {"grid": 16, "repeats": 1, "batch_size": 32}
 
 
-def _patch_pool(work: str) -> np.ndarray:
-    """uint8 [N, 50, 50, 3]: ~1,500 patches of a small synthetic tree (idc_engine.synthetic)."""
-    from PIL import Image
-
-    from idc_engine.data import synthetic
-
-    root = os.path.join(work, "tree")
-    if not os.path.isdir(root):
-        synthetic.write_dataset(root, num_patients=8, seed=0, min_patches=150, max_patches=250)
-    files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
-                   if f.endswith(".png"))
-    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-
-
-def _export(work: str):
-    """(run_dir.ExportPaths, description): --model's export, or an untrained CancerNet's
-    (throughput does not depend on the weights' values)."""
-    import keras
-
-    from idc_engine import models
-    from idc_engine.training import export, run_dir
-
-    if FLAGS.model:
-        paths = run_dir.find_export(FLAGS.model)
-        return paths, paths.export_dir
-    keras.utils.set_random_seed(0)
-    build = lambda: models.build_model("cancernet", (50, 50, 3))  # noqa: E731
-    export.export_model(build(), build, os.path.join(work, "export"), 50, [190.0] * 3, [45.0] * 3)
-    return run_dir.find_export(os.path.join(work, "export")), "untrained CancerNet (export_model)"
-
-
 def _int8_paths(paths, work: str):
     """(export paths with an int8 model, where it comes from): benchmarks/litert.py's."""
     import keras
@@ -105,21 +74,8 @@ def _int8_paths(paths, work: str):
     from idc_engine.training.run_dir import load_preprocessing
 
     model = keras.saving.load_model(paths.keras)
-    return litert.int8_export_paths(paths, model, load_preprocessing(paths), _patch_pool(work),
-                                    work)
-
-
-def _write_slide(path: str, grid: int) -> int:
-    """The generated slide (module docstring); returns its number of tissue cells."""
-    from idc_engine.slides import pyramid_tiff
-
-    pool = _patch_pool(os.path.dirname(path))
-    r, c = np.mgrid[0:grid, 0:grid]
-    inside = np.hypot((r + 0.5) / grid - 0.5, (c + 0.5) / grid - 0.5) < 0.5
-    cells = np.stack([c[inside], r[inside]], axis=1)
-    patches = pool[np.arange(len(cells)) % len(pool)]
-    pyramid_tiff.write_slide(path, patches, cells, (grid, grid), FLAGS.um_per_pixel)
-    return len(cells)
+    return litert.int8_export_paths(paths, model, load_preprocessing(paths),
+                                    generated_slides.patch_pool(work), work)
 
 
 def _engine_plan(slide: str, paths, int8_paths):
@@ -140,7 +96,8 @@ def _engine_plan(slide: str, paths, int8_paths):
     config = SlideConfig(model_dir=paths.export_dir, output_dir=tempfile.mkdtemp(),
                          batch_size=FLAGS.batch_size, read_threads=FLAGS.read_threads)
     scale, threshold = model_scale(paths), load_threshold(paths)
-    _, grid, _, _, col, row = run._plan(slide, config, scale)
+    plan = run.plan_slide(slide, config, scale)
+    grid, col, row = plan.grid, plan.col, plan.row
     strategy = tf.distribute.get_strategy()
     summaries = []
 
@@ -216,12 +173,14 @@ def main(argv) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.model_threads)
     work = tempfile.mkdtemp(prefix="idc_bench_slide_")
     try:
-        paths, model_source = _export(work)
+        paths, model_source = untrained_model.benchmark_export(FLAGS.model, work)
         slide, small = os.path.join(work, "slide.tiff"), os.path.join(work, "small.tiff")
         start = time.perf_counter()
-        cells = _write_slide(slide, FLAGS.grid)
+        pool = generated_slides.patch_pool(work)
+        cells = generated_slides.write_ellipse_slide(slide, FLAGS.grid, FLAGS.um_per_pixel, pool)
         build_seconds = time.perf_counter() - start
-        small_cells = _write_slide(small, FLAGS.grid // 2)
+        small_cells = generated_slides.write_ellipse_slide(small, FLAGS.grid // 2,
+                                                           FLAGS.um_per_pixel, pool)
         int8_paths, int8_source = _int8_paths(paths, work)
         timed, summaries, plain, num_tiles = _engine_plan(slide, paths, int8_paths)
         for fn in timed.values():  # warm-up: tracing, the file in the page cache

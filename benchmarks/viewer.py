@@ -5,8 +5,8 @@ HTTP/1.1 keep-alive connections as a browser asks for them.
     python -m benchmarks.viewer              # 50 x 50 cells of 400 px at 0.5 um/px (20x): 20,000 px
     python -m benchmarks.viewer --quick      # every figure on a 2,400-px slide, 12 tiles each
 
-The slide (idc_engine/slides/pyramid_tiff.py): synthetic patches on a --grid x --grid cell grid,
-a disc of tissue in white glass, level 0 at --um_per_pixel, 5 levels halving each (20,000 to
+The slide (benchmarks/generated_slides.py): synthetic patches on a --grid x --grid cell grid,
+an ellipse of tissue in white glass, level 0 at --um_per_pixel, 5 levels halving each (20,000 to
 1,250 px), zlib-compressed 256-px TIFF tiles; beside it the outputs idc-slide leaves (a
 summary.json and a tiles.csv on the run's grid), so the viewer's catalog lists it. The slide
 file is in the OS page cache (just written), as a slide being viewed soon is.
@@ -45,11 +45,12 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks import quick
+from benchmarks import generated_slides, quick
 from benchmarks.report import BenchmarkReport
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("grid", 50, "Grid cells per side of the slide (tissue: the inscribed disc).")
+flags.DEFINE_integer("grid", 50, "Grid cells per side of the slide (tissue: the inscribed "
+                     "ellipse).")
 flags.DEFINE_float("um_per_pixel", 0.5, "Level-0 scale of the generated slide: a cell is "
                    "200 / um_per_pixel level-0 pixels (400 at 0.5: 20,000 px for 50 cells).")
 flags.DEFINE_integer("levels", 5, "Pyramid levels of the generated slide, each halving.")
@@ -68,32 +69,20 @@ VIEWPORT = (5, 4)      # tiles across and down: a 1,270 x 1,016-pixel view
 FIRST_VIEW_PIXELS = 1280
 
 
-def _patch_pool(work: str) -> np.ndarray:
-    """uint8 [N, 50, 50, 3]: the patches of a small synthetic tree (idc_engine.synthetic)."""
-    from PIL import Image
-
-    from idc_engine.data import synthetic
-
-    root = os.path.join(work, "tree")
-    if not os.path.isdir(root):
-        synthetic.write_dataset(root, num_patients=4, seed=0, min_patches=100, max_patches=150)
-    files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
-                   if f.endswith(".png"))
-    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-
-
 def _tissue(grid: int) -> np.ndarray:
-    """bool [grid, grid]: the cells (row, column) inside the disc."""
-    r, c = np.mgrid[0:grid, 0:grid]
-    return np.hypot((r + 0.5) / grid - 0.5, (c + 0.5) / grid - 0.5) < 0.5
+    """bool [grid, grid]: the cells (row, column) of the slide's ellipse of tissue."""
+    mask = np.zeros((grid, grid), bool)
+    cells = generated_slides.ellipse_cells(grid)
+    mask[cells[:, 1], cells[:, 0]] = True
+    return mask
 
 
 def _write_slide(path: str) -> None:
+    """generated_slides' ellipse of patches, with --levels levels."""
     from idc_engine.slides import pyramid_tiff
 
-    pool = _patch_pool(os.path.dirname(path))
-    r, c = np.nonzero(_tissue(FLAGS.grid))
-    cells = np.stack([c, r], axis=1)
+    pool = generated_slides.patch_pool(os.path.dirname(path))
+    cells = generated_slides.ellipse_cells(FLAGS.grid)
     pyramid_tiff.write_slide(path, pool[np.arange(len(cells)) % len(pool)], cells,
                              (FLAGS.grid, FLAGS.grid), FLAGS.um_per_pixel, FLAGS.levels)
 

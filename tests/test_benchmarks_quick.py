@@ -196,6 +196,31 @@ def test_slide_inference_quick_reports_every_phase_and_the_peak_memory(tmp_path)
     assert report["config"]["tissue_tiles"] > 0
 
 
+def test_cohort_quick_runs_the_cohort_the_large_slide_and_two_shards(tmp_path):
+    """Every run of the default command (the cohort with and without overlap, the large
+    slide, two shards whose outputs it checks against one process's) at tiny sizes."""
+    report = run_quick("cohort", tmp_path)
+    results, config, details = report["results"], report["config"], report["details"]
+    fixed = {key: value for key, value in results.items() if "_fixed_seconds_" in key}
+    runs = ("cohort", "cohort_no_overlap", "large_slide", "two_shards")
+    check_figures({k: v for k, v in results.items() if k not in fixed}, [
+        f"{run}_tiles_per_s" for run in runs] + [
+        "cohort_vs_large_slide", "cohort_no_overlap_vs_large_slide", "overlap_vs_no_overlap",
+        "two_shards_vs_one_process"])
+    # beyond the tiles at the large slide's rate: negative when a slide runs faster than it
+    assert sorted(fixed) == ["cohort_fixed_seconds_tiles_0_to_1000",
+                             "cohort_no_overlap_fixed_seconds_tiles_0_to_1000"]
+    assert all(math.isfinite(value) for value in fixed.values())
+    assert config["slides_ok"] == config["num_slides"] and config["num_broken"] == 3
+    assert config["two_shards_outputs"].startswith(
+        f"the same as one process: {config['num_slides']} slides")
+    # the large slide holds the cohort's tiles (tissue found by the engine on both: within 5%)
+    per_slide = details["per_slide"]["cohort"]
+    assert details["cohort_tiles_per_s"]["tiles"] == sum(row["tiles"] for row in per_slide)
+    assert details["large_slide_tiles_per_s"]["tiles"] == pytest.approx(
+        details["cohort_tiles_per_s"]["tiles"], rel=0.05)
+
+
 def test_viewer_quick_reports_every_latency_of_the_served_tiles(tmp_path):
     report = run_quick("viewer", tmp_path)
     check_figures(report["results"], [

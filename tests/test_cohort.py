@@ -3,6 +3,7 @@ output folder per slide, shards, locks, attempts, reruns after kill -9, two work
 the cohort table; with real worker processes on pyramidal TIFFs and OpenSlide's own test files."""
 
 import csv
+import io
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import pytest
 import slide_files
 
 from idc_engine.slides import cohort as cohort_module
-from idc_engine.slides import cohort_inputs, cohort_locks, cohort_shards, cohort_table
+from idc_engine.slides import cohort_inputs, cohort_locks, cohort_progress, cohort_shards, cohort_table
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "openslide")
 BROKEN = os.path.join(FIXTURES, "unopenable.tiff")
@@ -390,3 +391,50 @@ def test_two_workers_on_one_list_process_each_slide_once(cohort, tmp_path):
     processed = [_processed(stdout) for stdout in stdouts]
     assert sorted(processed[0] + processed[1]) == sorted(_outputs(out))
     assert len(_outputs(out)) == len(slides)
+
+
+def _ran_alone(summaries: dict, names: list, name: str) -> bool:
+    """Whether slide `name` (of `names`, in the order run) was planned after the previous
+    slide's outputs were written and finished before the next one was planned."""
+    i = names.index(name)
+    after = i == 0 or summaries[names[i - 1]]["finished"] <= summaries[name]["started"]
+    before = i == len(names) - 1 or summaries[name]["finished"] <= summaries[names[i + 1]]["started"]
+    return after and before
+
+
+def test_a_slide_an_earlier_run_left_unfinished_runs_alone(cohort, tmp_path):
+    """Nothing planned or written beside it: were it the slide that crashes the process, only
+    its own attempt would count against --max_attempts."""
+    out = str(tmp_path / "out")
+    slides = cohort["slides"][2:5]
+    names = [cohort_locks.claim_name(out, slide) for slide in slides]
+    cohort_locks.write_attempts(out, names[1], {"slide": slides[1], "attempts": 1, "error": None})
+    result = _command(cohort["model_dir"], out, *slides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = {name: json.loads(open(os.path.join(out, name, "summary.json")).read())
+                 for name in names}
+    assert _ran_alone(summaries, names, names[1])
+    assert cohort_locks.read_attempts(out, names[1]) == {}
+    # the check fails on phases that overlap
+    overlapping = {**summaries, names[2]: {**summaries[names[2]],
+                                           "started": summaries[names[1]]["started"]}}
+    assert not _ran_alone(overlapping, names, names[1])
+
+
+def test_the_progress_bar_is_drawn_in_place_on_a_terminal_and_logged_otherwise(tmp_path):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal, log = Terminal(), io.StringIO()
+    bar, lines = cohort_progress.Progress(2, stream=terminal), cohort_progress.Progress(2, stream=log)
+    for progress in (bar, lines):
+        progress.slide_done("/data/a.svs", "ok", 300)
+        progress.clear()
+        progress.slide_done("/data/b.svs", "error")
+        progress.close()
+    drawn = terminal.getvalue()
+    assert drawn.count("\r\033[K|") == 2 and "| 2/2 slides, " in drawn and drawn.endswith("\n")
+    assert "|" + "#" * cohort_progress.BAR_WIDTH + "|" in drawn  # full at the end
+    assert "\n" not in drawn[:-1]  # one line, redrawn
+    assert log.getvalue() == ""  # the log lines went to absl's log instead

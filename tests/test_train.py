@@ -387,11 +387,12 @@ def test_mixed_precision_trains(converted, tmp_path, precision, batch, strategy)
     assert summary["precision"] == precision and np.isfinite(summary["last_validation"]["val_loss"])
 
 
-def test_frozen_backbone_then_fine_tuning(converted, tmp_path):
+def test_frozen_backbone_then_fine_tuning(eval_data, tmp_path):
+    """On eval_data: an epoch of its 9 train patients is what the test costs."""
     import keras
 
     from idc_engine import models
-    data_dir, manifest = converted
+    data_dir, manifest = eval_data
     batch = 128
     steps_per_epoch = manifest["splits"]["train"]["num_examples"] // batch
     options = dict(model="mobilenet_v2", global_batch_size=batch, freeze_backbone_epochs=1,

@@ -7,23 +7,27 @@
           (openslide.quickhash-1), export and settings (`fingerprint`), unless --overwrite
         given up as an error if --max_attempts runs of it never completed (a slide that
           crashes the process must not stop every rerun at the same place)
-        run_slide; its error, if any, kept for the cohort table
+        planned, served and written (run.py's phases); its error, if any, kept for the table
     then OUT/cohort.csv, cohort.json and the figure rebuilt (cohort_table).
+
+No per-slide stall: a planner thread prepares and plans the next slide (open, thumbnail, tissue
+mask) and a writer thread writes the previous one's outputs (the heatmap's render among them)
+while this thread reads and serves the current one (--nooverlap_slides: in turn). A slide that
+an earlier run left unfinished runs alone: nothing planned beside it, the previous outputs
+written first, so that when it crashes the process again only its own attempt is counted.
 
 Outputs are atomic (slides/outputs.py), so a worker killed at any instant leaves each slide
 either complete or without outputs, its attempt counted; rerunning the same command finishes
 the cohort without redoing finished slides.
 """
 
-import functools
+import concurrent.futures
+import contextlib
+import dataclasses
 import hashlib
 import os
-import time
 
-from absl import logging as absl_logging
-
-from idc_engine.slides import cohort_locks, cohort_table, outputs, reader
-from idc_engine.slides.run import run_slide
+from idc_engine.slides import cohort_locks, cohort_progress, cohort_table, outputs, reader, run
 
 
 def export_fingerprint(saved_model_dir: str) -> str:
@@ -56,59 +60,144 @@ def _complete(output_dir: str, name: str, slide: str, quickhash: str, wanted: di
             and summary.get("fingerprint") == wanted)
 
 
-class Progress:
-    """Slides done of this worker's total, tiles/s and an ETA: a log line per slide, and the
-    same as TensorBoard scalars (step: slides done) in `tensorboard_dir` if given."""
-
-    def __init__(self, total: int, tensorboard_dir: str | None = None):
-        self.total, self.done, self.tiles, self.start = total, 0, 0, time.perf_counter()
-        self.writer = None
-        if tensorboard_dir and total:
-            import tensorflow as tf
-
-            self.writer = tf.summary.create_file_writer(tensorboard_dir)
-
-    def line(self, slide: str, outcome: str, tiles: int = 0) -> str:
-        self.done += 1
-        self.tiles += tiles
-        elapsed = time.perf_counter() - self.start
-        left = (self.total - self.done) * elapsed / self.done
-        if self.writer is not None:
-            self._scalars(tiles, elapsed, left)
-        return (f"[{self.done}/{self.total}] {os.path.basename(slide)}: {outcome}; "
-                f"{self.tiles / elapsed:,.0f} tiles/s so far, ETA {left / 60:.1f} min")
-
-    def _scalars(self, tiles: int, elapsed: float, left: float) -> None:
-        import tensorflow as tf
-
-        with self.writer.as_default(step=self.done):
-            tf.summary.scalar("cohort/slides_done", self.done)
-            tf.summary.scalar("cohort/slides_left", self.total - self.done)
-            tf.summary.scalar("cohort/tiles_per_second", self.tiles / elapsed)
-            tf.summary.scalar("cohort/eta_minutes", left / 60)
-            tf.summary.scalar("cohort/slide_tiles", tiles)
-        self.writer.flush()
+@dataclasses.dataclass
+class SlideJob:
+    """A slide on its way: outcome set when it needs no model (skipped, held, error: message
+    holds the `error:` text), else plan (run.SlidePlan), then prediction; earlier_attempts:
+    runs of it an earlier process started and never completed (> 0: it runs alone)."""
+    slide: str
+    name: str
+    lock: cohort_locks.SlideLock | None = None
+    outcome: str | None = None
+    message: str | None = None
+    plan: run.SlidePlan | None = None
+    prediction: run.SlidePrediction | None = None
+    earlier_attempts: int = 0
+    summary: dict | None = None
 
 
-def _attempt(config, name: str, slide: str, run) -> tuple[str, dict | None]:
-    """Counts a run of the slide, then runs it: ("ok", summary) or ("error", None) with the
-    error kept in its attempts record; ("error", None) without running once --max_attempts
-    runs never completed."""
-    out = config.output_dir
-    record = cohort_locks.read_attempts(out, name) if not config.overwrite else {}
-    attempts = record.get("attempts", 0)
-    if attempts >= config.max_attempts:
-        if not record.get("gave_up"):
-            last = record.get("error") or "the process ended during the run: killed or crashed"
-            record.update(gave_up=True, error=f"{slide}: given up after {attempts} runs that "
-                          f"did not complete (last: {last})")
-            cohort_locks.write_attempts(out, name, record)
-        return "error", None
-    cohort_locks.write_attempts(out, name, {"slide": slide, "attempts": attempts + 1,
-                                            "error": None})
-    summary = run()  # a SlideError goes to _one, which keeps it in the record
-    cohort_locks.clear_attempts(out, name)
-    return "ok", summary
+class _Cohort:
+    """One worker's run of its slides (run_cohort's arguments)."""
+
+    def __init__(self, config, served, strategy, threshold, scale, devices, wanted, runtime):
+        self.config, self.served, self.strategy = config, served, strategy
+        self.threshold, self.scale, self.devices = threshold, scale, devices
+        self.wanted, self.runtime = wanted, runtime
+
+    def prepare(self, slide: str, alone_if_suspect: bool = True) -> SlideJob:
+        """Name, lock, the give-up check and the attempt counted (before OpenSlide first opens
+        the file, which can crash the process), then plan(); a slide an earlier run left
+        unfinished is not planned when `alone_if_suspect` (no plan, no outcome): plan() it
+        alone. The planner thread's work."""
+        out = self.config.output_dir
+        job = SlideJob(slide, cohort_locks.claim_name(out, slide))
+        lock = cohort_locks.SlideLock(out, job.name, self.config.lock_expiry_seconds)
+        if not lock.acquire():
+            job.outcome = f"held by {lock.holder()}, left to it"
+            return job
+        job.lock = lock
+        if not self._count_attempt(job):
+            return self._end(job, "error", cohort_locks.read_attempts(out, job.name)["error"])
+        return job if job.earlier_attempts and alone_if_suspect else self.plan(job)
+
+    def plan(self, job: SlideJob) -> SlideJob:
+        """Skipped if complete (its attempt uncounted), else run.plan_slide."""
+        out = self.config.output_dir
+        try:
+            quickhash = reader.quickhash(job.slide)
+            if not self.config.overwrite and _complete(out, job.name, job.slide, quickhash,
+                                                       self.wanted):
+                cohort_locks.clear_attempts(out, job.name)
+                return self._end(job, "skipped: complete")
+            job.plan = run.plan_slide(job.slide, self.config, self.scale)
+        except reader.SlideError as e:
+            self._fail(job, e)
+        return job
+
+    def _count_attempt(self, job: SlideJob) -> bool:
+        """Counts a run of the slide; False (given up, recorded) once --max_attempts runs never
+        completed."""
+        out, config = self.config.output_dir, self.config
+        record = cohort_locks.read_attempts(out, job.name) if not config.overwrite else {}
+        job.earlier_attempts = attempts = record.get("attempts", 0)
+        if attempts >= config.max_attempts:
+            if not record.get("gave_up"):
+                last = record.get("error") or "the process ended during the run: killed or crashed"
+                record.update(gave_up=True, error=f"{job.slide}: given up after {attempts} runs "
+                              f"that did not complete (last: {last})")
+                cohort_locks.write_attempts(out, job.name, record)
+            return False
+        cohort_locks.write_attempts(out, job.name, {"slide": job.slide, "attempts": attempts + 1,
+                                                    "error": None})
+        return True
+
+    def infer(self, job: SlideJob) -> SlideJob:
+        try:
+            job.prediction = run.predict_slide(job.plan, self.config, self.served, self.strategy,
+                                               self.scale, self.runtime)
+        except reader.SlideError as e:
+            self._fail(job, e)
+        return job
+
+    def write(self, job: SlideJob) -> SlideJob:
+        """The writer thread's work: the outputs, the attempt cleared, the lock released."""
+        try:
+            job.summary = run.write_slide(job.plan, job.prediction, self.config, self.threshold,
+                                          self.scale, self.devices, self.runtime, job.name,
+                                          {"fingerprint": self.wanted})
+            cohort_locks.clear_attempts(self.config.output_dir, job.name)
+            job.outcome = "ok"
+        except reader.SlideError as e:
+            self._fail(job, e)
+        finally:
+            job.plan = job.prediction = None  # the thumbnail and tiles: not kept past the slide
+            self._release(job)
+        return job
+
+    def _fail(self, job: SlideJob, error: reader.SlideError) -> None:
+        record = cohort_locks.read_attempts(self.config.output_dir, job.name)
+        record.update(slide=job.slide, attempts=record.get("attempts", 0), error=str(error))
+        cohort_locks.write_attempts(self.config.output_dir, job.name, record)
+        self._end(job, "error", str(error))
+
+    def _end(self, job: SlideJob, outcome: str, message: str | None = None) -> SlideJob:
+        job.outcome, job.message, job.plan = outcome, message, None
+        self._release(job)
+        return job
+
+    @staticmethod
+    def _release(job: SlideJob) -> None:
+        if job.lock is not None:
+            job.lock.release()
+            job.lock = None
+
+    def abandon(self, job: SlideJob) -> None:
+        """A prepared slide that will not run (the run stopped on an exception): its lock
+        released, its attempt uncounted."""
+        if job.lock is None:
+            return
+        out = self.config.output_dir
+        if job.earlier_attempts:
+            record = cohort_locks.read_attempts(out, job.name)
+            cohort_locks.write_attempts(out, job.name, {**record, "attempts": job.earlier_attempts})
+        else:
+            cohort_locks.clear_attempts(out, job.name)
+        self._release(job)
+
+
+class _InThisThread:
+    """An executor running each task at once, in the calling thread (--nooverlap_slides)."""
+
+    def submit(self, fn, *args) -> concurrent.futures.Future:
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 -- raised again by result(), as a pool's is
+            future.set_exception(e)
+        return future
+
+    def shutdown(self, **_) -> None:
+        pass
 
 
 def run_cohort(slides: list, config, served, strategy, threshold, scale: dict, devices: str,
@@ -116,45 +205,57 @@ def run_cohort(slides: list, config, served, strategy, threshold, scale: dict, d
     """Runs this worker's `slides` (absolute paths); prints report(summary) for each slide run
     and an `error:` line for each that failed; returns the failed slides. worker: this run's
     name among the cohort's, its TensorBoard run OUT/tensorboard/<worker>; runtime:
-    inference.runtime.Runtime (run_slide's)."""
-    wanted = fingerprint(config, export, threshold, scale, runtime.name)
-    progress = Progress(len(slides), os.path.join(config.output_dir, "tensorboard", worker))
+    inference.runtime.Runtime (run.run_slide's)."""
+    cohort = _Cohort(config, served, strategy, threshold, scale, devices,
+                     fingerprint(config, export, threshold, scale, runtime.name), runtime)
+    progress = cohort_progress.Progress(
+        len(slides), os.path.join(config.output_dir, "tensorboard", worker))
     failed = []
-    for slide in slides:
-        name = cohort_locks.claim_name(config.output_dir, slide)
-        lock = cohort_locks.SlideLock(config.output_dir, name, config.lock_expiry_seconds)
-        if not lock.acquire():
-            absl_logging.info(progress.line(slide, f"held by {lock.holder()}, left to it"))
-            continue
-        try:
-            outcome, summary = _one(slide, name, config, wanted, functools.partial(
-                run_slide, slide, config, served, strategy, threshold, scale, devices, runtime,
-                name, {"fingerprint": wanted}))
-        finally:
-            lock.release()
-        if outcome == "error":
-            failed.append(slide)
-        elif summary is not None:
-            print(report(summary))
-        absl_logging.info(progress.line(slide, outcome, summary["tiles_read"] if summary else 0))
+
+    def done(job: SlideJob) -> None:
+        progress.clear()
+        if job.outcome == "error":
+            failed.append(job.slide)
+            print(f"error: {job.message}")
+        elif job.summary is not None:
+            print(report(job.summary))
+        progress.slide_done(job.slide, job.outcome, job.summary["tiles_read"] if job.summary
+                            else 0)
+
+    pool = lambda name: (concurrent.futures.ThreadPoolExecutor(1, name)  # noqa: E731
+                         if config.overlap_slides else _InThisThread())
+    planner, writer = pool("plan"), pool("write")
+    upcoming = writing = None
+    try:
+        for i, slide in enumerate(slides):
+            job, upcoming = (upcoming or planner.submit(cohort.prepare, slide)).result(), None
+            alone = job.earlier_attempts > 0
+            if alone and writing is not None:  # nothing else in flight while it runs
+                done(writing.result())
+                writing = None
+            if job.outcome is None and job.plan is None:
+                cohort.plan(job)
+            if not alone and i + 1 < len(slides):
+                upcoming = planner.submit(cohort.prepare, slides[i + 1])
+            if job.plan is not None:
+                cohort.infer(job)
+            if job.prediction is None:
+                done(job)
+                continue
+            if writing is not None:
+                done(writing.result())
+            writing = writer.submit(cohort.write, job)
+            if alone:
+                done(writing.result())
+                writing = None
+        if writing is not None:
+            done(writing.result())
+    finally:
+        if upcoming is not None:  # only after an exception
+            with contextlib.suppress(Exception):  # the exception on its way matters more
+                cohort.abandon(upcoming.result())
+        planner.shutdown(cancel_futures=True)
+        writer.shutdown()
+        progress.close()
     cohort_table.write_cohort(config.output_dir)
     return failed
-
-
-def _one(slide: str, name: str, config, wanted: dict, run) -> tuple[str, dict | None]:
-    """("skipped: complete", None), ("ok", summary) or ("error", None), printing the error."""
-    try:
-        quickhash = reader.quickhash(slide)
-        if not config.overwrite and _complete(config.output_dir, name, slide, quickhash, wanted):
-            cohort_locks.clear_attempts(config.output_dir, name)  # a run killed just after
-            return "skipped: complete", None
-        outcome, summary = _attempt(config, name, slide, run)
-        if outcome == "error":
-            print(f"error: {cohort_locks.read_attempts(config.output_dir, name)['error']}")
-        return outcome, summary
-    except reader.SlideError as e:  # raised before or by the run; counted if it ran
-        record = cohort_locks.read_attempts(config.output_dir, name)
-        record.update(slide=slide, attempts=record.get("attempts", 0), error=str(e))
-        cohort_locks.write_attempts(config.output_dir, name, record)
-        print(f"error: {e}")
-        return "error", None

@@ -69,6 +69,11 @@ class SlideConfig:
     lock_expiry_seconds: float = cli.option(
         600.0, "A slide's lock (OUTPUT_DIR/.cohort/<name>.lock, touched by its holder every "
         "quarter of this) left this long untouched belongs to a killed worker and is broken.")
+    overlap_slides: bool = cli.option(
+        True, "Plan the next slide (open, thumbnail, tissue mask) and write the previous one's "
+        "outputs while the current one is read and served; --nooverlap_slides runs each slide's "
+        "phases strictly in turn. A slide a killed run left unfinished runs alone either way, "
+        "so that a slide that crashes the process is the one its attempts blame.")
     runtime: str = cli.option("auto", runtime_lib.HELP + " The int8 model runs on the CPU, "
                               "outside the strategy.")
 

@@ -14,6 +14,7 @@ Any OpenSlide error is a SlideError naming the file (reader.openslide_errors): t
 reports the slide and goes on to the next.
 """
 
+import dataclasses
 import datetime
 import os
 import resource
@@ -35,19 +36,36 @@ def _thumbnail_size(info: reader.SlideInfo, tile_level0: float) -> tuple[int, in
     return side, side
 
 
-def _plan(path: str, config: SlideConfig, scale: dict):
-    """(info, grid, thumbnail, mask, tissue tiles' col and row int [N]); SlideError naming the
-    file when it cannot be opened or read, its scale is unknown or unusable, or it holds no
-    tissue tile."""
-    info = reader.open_info(path, config.slide_um_per_pixel, config.override_slide_scale)
-    target = scale["patch_um_per_pixel"]
-    reader.check_scale(path, info.um_per_pixel, info.scale_source, target)
-    level = reader.choose_level(info.level_downsamples, info.um_per_pixel, target)
-    grid = tiles.make_grid(level, info.level_dimensions[level], info.level_downsamples[level],
-                           info.um_per_pixel, target, scale["patch_size"])
-    thumb = reader.thumbnail(path, _thumbnail_size(info, grid.level0_size))
-    _check_holds_a_tile(path, info, grid, scale)
-    mask = tissue.detect_tissue(thumb, info.dimensions, config.tissue_threshold)
+@dataclasses.dataclass
+class SlidePlan:
+    """A slide ready for the model: info (reader.SlideInfo), grid (tiles.TileGrid), thumb
+    (uint8 [h, w, 3]), mask (tissue.TissueMask), col and row (int [N]: the tissue tiles),
+    started (time.time() when planning began) and seconds (planning's wall time)."""
+    path: str
+    info: object
+    grid: object
+    thumb: np.ndarray
+    mask: object
+    col: np.ndarray
+    row: np.ndarray
+    started: float
+    seconds: float
+
+
+def plan_slide(path: str, config: SlideConfig, scale: dict) -> SlidePlan:
+    """Phases 1 and 2 (scale, tissue); SlideError naming the file when it cannot be opened or
+    read, its scale is unknown or unusable, or it holds no tissue tile."""
+    started, start = time.time(), time.perf_counter()
+    with reader.openslide_errors(path, "the slide"):  # what the reader's own checks missed
+        info = reader.open_info(path, config.slide_um_per_pixel, config.override_slide_scale)
+        target = scale["patch_um_per_pixel"]
+        reader.check_scale(path, info.um_per_pixel, info.scale_source, target)
+        level = reader.choose_level(info.level_downsamples, info.um_per_pixel, target)
+        grid = tiles.make_grid(level, info.level_dimensions[level], info.level_downsamples[level],
+                               info.um_per_pixel, target, scale["patch_size"])
+        thumb = reader.thumbnail(path, _thumbnail_size(info, grid.level0_size))
+        _check_holds_a_tile(path, info, grid, scale)
+        mask = tissue.detect_tissue(thumb, info.dimensions, config.tissue_threshold)
     col, row = (a.ravel() for a in np.meshgrid(np.arange(grid.columns), np.arange(grid.rows)))
     x, y = grid.level0_xy(col, row)
     keep = tissue.tile_fractions(mask, x, y, grid.level0_size, grid.level0_size) >= \
@@ -58,7 +76,8 @@ def _plan(path: str, config: SlideConfig, scale: dict):
             f"{mask.threshold_source}; {mask.fraction:.1%} of the thumbnail above it, no tile "
             f"with >= {config.min_tissue_fraction:.0%} tissue); lower --tissue_threshold or "
             "--min_tissue_fraction if the slide does hold tissue")
-    return info, grid, thumb, mask, col[keep], row[keep]
+    return SlidePlan(path, info, grid, thumb, mask, col[keep], row[keep], started,
+                     time.perf_counter() - start)
 
 
 def _check_holds_a_tile(path: str, info: reader.SlideInfo, grid: tiles.TileGrid,
@@ -96,33 +115,43 @@ def _counts(grid, info, num_tissue: int, probability, idc, unreadable: list) -> 
             "mean_idc_probability": float(np.mean(probability)) if len(probability) else None}
 
 
-def _predict(path: str, grid, col, row, config: SlideConfig, served, strategy, scale: dict,
-             start: float, runtime=None):
-    """(index int64 [n], probability float32 [n] in tile order, unreadable regions, seconds)
-    of the tissue tiles (col, row int [N]); SlideError if the reading stopped, or ran past
-    --slide_timeout_seconds from `start` (time.perf_counter())."""
-    report = tiles.ReadReport()
-    if config.slide_timeout_seconds:
-        report.deadline = time.monotonic() + config.slide_timeout_seconds - (
-            time.perf_counter() - start)
-        report.timeout_message = (f"{path}: stopped after --slide_timeout_seconds="
-                                  f"{config.slide_timeout_seconds:g} ({len(col):,} tissue tiles)")
-    dataset = tiles.tile_dataset(path, grid, col, row, config.batch_size, config.read_threads,
-                                 report)
-    inference_start = time.perf_counter()
-    if runtime is not None and runtime.name == "int8":  # numpy in, numpy out: no strategy
-        index, probability = predict.predict_batches_on_host(
-            dataset, tta.with_tta(served, config.tta), scale["patch_size"])
-    else:
-        signature = (served.signature if config.tta == "none"
-                     else tta.augmented_signature(served.signature))
-        index, probability = predict.predict_batches(dataset, signature, strategy,
-                                                     scale["patch_size"])
-    seconds = time.perf_counter() - inference_start
+@dataclasses.dataclass
+class SlidePrediction:
+    """Phase 3's result: index (int64 [n]) and probability (float32 [n]) of the tiles read, in
+    tile order; unreadable regions (tiles.ReadReport's); seconds of reading and inference."""
+    index: np.ndarray
+    probability: np.ndarray
+    unreadable: list
+    seconds: float
+
+
+def predict_slide(plan: SlidePlan, config: SlideConfig, served, strategy, scale: dict,
+                  runtime=None) -> SlidePrediction:
+    """Phase 3: the plan's tissue tiles read and served; SlideError if the reading stopped, or
+    the slide ran past --slide_timeout_seconds (its planning counted in, not any wait)."""
+    path, report = plan.path, tiles.ReadReport()
+    with reader.openslide_errors(path, "the slide"):
+        if config.slide_timeout_seconds:
+            report.deadline = time.monotonic() + config.slide_timeout_seconds - plan.seconds
+            report.timeout_message = (
+                f"{path}: stopped after --slide_timeout_seconds="
+                f"{config.slide_timeout_seconds:g} ({len(plan.col):,} tissue tiles)")
+        dataset = tiles.tile_dataset(path, plan.grid, plan.col, plan.row, config.batch_size,
+                                     config.read_threads, report)
+        start = time.perf_counter()
+        if runtime is not None and runtime.name == "int8":  # numpy in, numpy out: no strategy
+            index, probability = predict.predict_batches_on_host(
+                dataset, tta.with_tta(served, config.tta), scale["patch_size"])
+        else:
+            signature = (served.signature if config.tta == "none"
+                         else tta.augmented_signature(served.signature))
+            index, probability = predict.predict_batches(dataset, signature, strategy,
+                                                         scale["patch_size"])
+        seconds = time.perf_counter() - start
     if report.stopped_by is not None:
         raise report.stopped_by
     order = np.argsort(index)
-    return index[order], probability[order], report.unreadable, seconds
+    return SlidePrediction(index[order], probability[order], report.unreadable, seconds)
 
 
 def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale: dict,
@@ -136,56 +165,69 @@ def run_slide(path: str, config: SlideConfig, served, strategy, threshold, scale
     devices: the strategy's description, for the summary; name: the output folder's (default:
     the file name up to its first dot); record: more fields for summary.json (a cohort's
     fingerprint). Raises SlideError naming the file; OUT/<name> is then as it was before."""
-    start = time.perf_counter()
+    plan = plan_slide(path, config, scale)
+    prediction = predict_slide(plan, config, served, strategy, scale, runtime)
+    return write_slide(plan, prediction, config, threshold, scale, devices, runtime, name, record)
+
+
+def write_slide(plan: SlidePlan, prediction: SlidePrediction, config: SlideConfig, threshold,
+                scale: dict, devices: str = "", runtime=None, name: str | None = None,
+                record: dict | None = None) -> dict:
+    """Phase 4: OUT/<name>/ replaced in one step by the slide's outputs, summary.json last;
+    returns the summary (run_slide's arguments)."""
+    start, path, info, grid = time.perf_counter(), plan.path, plan.info, plan.grid
     name = name or outputs.slide_output_name(path)
-    with reader.openslide_errors(path, "the slide"):  # what the reader's own checks missed
-        info, grid, thumb, mask, col, row = _plan(path, config, scale)
-        with outputs.staged_slide_dir(config.output_dir, name) as folder:
-            outputs.write_png(os.path.join(folder, outputs.MASK_PNG), mask.mask)
-            index, probability, unreadable, inference_seconds = _predict(
-                path, grid, col, row, config, served, strategy, scale, start, runtime)
-            counts = _write_outputs(folder, path, info, grid, thumb, col, row, index,
-                                    probability, unreadable, threshold)
-            summary = {
-                "slide": os.path.abspath(path), "slide_quickhash": info.quickhash,
-                "vendor": info.vendor,
-                "level0_dimensions": list(info.dimensions),
-                "scale": _scale_record(info, grid, scale),
-                "tissue": {"saturation_threshold": mask.threshold,
-                           "source": mask.threshold_source,
-                           "min_tissue_fraction": config.min_tissue_fraction,
-                           "mask_tissue_fraction": mask.fraction},
-                **counts, "threshold": threshold.value, "threshold_source": threshold.source,
-                "unreadable_regions": unreadable,
-                "seconds": round(time.perf_counter() - start, 3),
-                "inference_seconds": round(inference_seconds, 3),
-                "tiles_per_second": round(len(probability) / inference_seconds, 1),
-                "devices": devices, "tta": config.tta,
-                "model_dir": os.path.abspath(config.model_dir) if config.model_dir else "",
-                "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"),
-                **(runtime.record() if runtime else {
-                    "runtime": "savedmodel", "runtime_reason": "run_slide given no runtime"}),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "output_dir": os.path.join(config.output_dir, name), **(record or {})}
-            outputs.write_summary(os.path.join(folder, outputs.SUMMARY_JSON), summary)
+    with outputs.staged_slide_dir(config.output_dir, name) as folder:
+        outputs.write_png(os.path.join(folder, outputs.MASK_PNG), plan.mask.mask)
+        counts = _write_outputs(folder, plan, prediction, threshold)
+        write_seconds = time.perf_counter() - start
+        summary = {
+            "slide": os.path.abspath(path), "slide_quickhash": info.quickhash,
+            "vendor": info.vendor, "level0_dimensions": list(info.dimensions),
+            "scale": _scale_record(info, grid, scale),
+            "tissue": {"saturation_threshold": plan.mask.threshold,
+                       "source": plan.mask.threshold_source,
+                       "min_tissue_fraction": config.min_tissue_fraction,
+                       "mask_tissue_fraction": plan.mask.fraction},
+            **counts, "threshold": threshold.value, "threshold_source": threshold.source,
+            "unreadable_regions": prediction.unreadable,
+            "seconds": round(plan.seconds + prediction.seconds + write_seconds, 3),
+            "plan_seconds": round(plan.seconds, 3),
+            "inference_seconds": round(prediction.seconds, 3),
+            "write_seconds": round(write_seconds, 3),
+            "tiles_per_second": round(len(prediction.probability) / prediction.seconds, 1),
+            "started": _iso(plan.started), "finished": _iso(time.time()),
+            "devices": devices, "tta": config.tta,
+            "model_dir": os.path.abspath(config.model_dir) if config.model_dir else "",
+            **(runtime.record() if runtime else {
+                "runtime": "savedmodel", "runtime_reason": "run_slide given no runtime"}),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "output_dir": os.path.join(config.output_dir, name), **(record or {})}
+        outputs.write_summary(os.path.join(folder, outputs.SUMMARY_JSON), summary)
     return summary
 
 
-def _write_outputs(folder: str, path: str, info, grid, thumb, col, row, index, probability,
-                   unreadable: list, threshold) -> dict:
+def _iso(seconds: float) -> str:
+    """UTC to the millisecond (the cohort benchmark orders slides by it)."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
+        timespec="milliseconds")
+
+
+def _write_outputs(folder: str, plan: SlidePlan, prediction: SlidePrediction, threshold) -> dict:
     """tiles.csv, idc.geojson and heatmap.png in `folder`; returns the counts (_counts)."""
+    grid, col, row, index = plan.grid, plan.col, plan.row, prediction.index
+    probability = prediction.probability
     x, y = grid.level0_xy(col[index], row[index])
     idc = probability >= threshold.value
     size = grid.level0_size
     outputs.write_tiles_csv(os.path.join(folder, outputs.TILES_CSV), x, y, size, probability, idc)
     outputs.write_geojson(os.path.join(folder, outputs.GEOJSON), x[idc], y[idc], size,
                           probability[idc])
-    counts = _counts(grid, info, len(col), probability, idc, unreadable)
+    counts = _counts(grid, plan.info, len(col), probability, idc, prediction.unreadable)
     heatmap.render_heatmap(
-        os.path.join(folder, outputs.HEATMAP_PNG), thumb, info.dimensions,
+        os.path.join(folder, outputs.HEATMAP_PNG), plan.thumb, plan.info.dimensions,
         heatmap.probability_grid(col[index], row[index], probability, (grid.rows, grid.columns)),
         grid.size * grid.downsample, threshold.value,
-        f"{os.path.basename(path)}: {counts['idc_tiles']:,} IDC tiles of "
+        f"{os.path.basename(plan.path)}: {counts['idc_tiles']:,} IDC tiles of "
         f"{counts['tiles_read']:,} tissue tiles ({counts['idc_area_mm2']:.2f} mm^2)")
     return counts
