@@ -13,8 +13,9 @@ and one large slide with their total tiles. Each command below is a fresh proces
 read from the slides' summary.json (started: planning began; finished: outputs written), so
 TensorFlow's start and the model's load count in none of them:
 
-    cohort              every slide, one process (the default: slides overlap, cohort.py)
-    cohort_no_overlap   the same with --nooverlap_slides: each slide's phases in turn
+    cohort              every slide, one process, --overlap_slides=on: the next slide planned
+                        and the previous one written while the current one is served
+    cohort_no_overlap   the same with --overlap_slides=off: each slide's phases in turn
     large_slide         the one large slide
     two_shards          --shard=0/2 and --shard=1/2 as two processes at the same time on the
                         same cores; their outputs must be those of `cohort` (tiles.csv bytes,
@@ -202,9 +203,9 @@ def _measure(model: str, work: str, lists: dict) -> dict:
     log = os.path.join(work, "slide.log")
     outs = {run: os.path.join(work, "out", run) for run in (
         "cohort", "cohort_no_overlap", "large_slide", "two_shards")}
-    _run([_slide_command(model, outs["cohort"], lists["cohort"])], log)
+    _run([_slide_command(model, outs["cohort"], lists["cohort"], "--overlap_slides=on")], log)
     _run([_slide_command(model, outs["cohort_no_overlap"], lists["cohort"],
-                         "--nooverlap_slides")], log)
+                         "--overlap_slides=off")], log)
     _run([_slide_command(model, outs["large_slide"], lists["large"])], log)
     _run([_slide_command(model, outs["two_shards"], lists["cohort"], f"--shard={i}/2")
           for i in range(2)], log)
@@ -226,9 +227,9 @@ def main(argv) -> None:
         fixed = {run: _fixed_costs(summaries[run], large_rate)
                  for run in ("cohort", "cohort_no_overlap")}
         compared = _check_same_outputs(outs["cohort"], outs["two_shards"])
-        runtimes = sorted({s["runtime"] for runs in summaries.values() for s in runs})
+        (runtime,) = {s["runtime"] for runs in summaries.values() for s in runs}
         report = BenchmarkReport("cohort", FLAGS.output_dir, config={
-            "quick": FLAGS.quick, "model": model_source, "runtime": runtimes,
+            "quick": FLAGS.quick, "model": model_source, "runtime": runtime,
             "num_slides": FLAGS.num_slides, "num_broken": lists["num_broken"],
             "min_tiles": FLAGS.min_tiles, "max_tiles": FLAGS.max_tiles,
             "um_per_pixel": FLAGS.um_per_pixel, "batch_size": FLAGS.batch_size,

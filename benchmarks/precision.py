@@ -75,7 +75,8 @@ def cross_validate(data_dir: str, run_dir: str, precision: str, seed: str) -> No
     extra = QUICK_TRAINING if FLAGS.quick else ()
     _python("idc_engine.crossval", f"--data_dir={data_dir}", f"--model_dir={run_dir}",
             f"--flagfile={FLAGS.flagfile_for_training}", f"--precision={precision}",
-            f"--seed={seed}", "--crossval_bootstrap=0", "--noexport_int8", *extra)
+            f"--seed={seed}", "--crossval_bootstrap=0", "--noexport_int8",
+            "--nocrossval_fold_figures", *extra)
 
 
 def out_of_fold(run_dir: str) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from benchmarks import quick
+from benchmarks import quick, untrained_model
 from benchmarks.report import BenchmarkReport
 
 FLAGS = flags.FLAGS
@@ -33,21 +33,6 @@ flags.DEFINE_integer("repeats", 5, "Timed repetitions after one warm-up.")
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where tta.json and TensorBoard go.")
 quick.define_flag()
 QUICK_SIZES = {"num_images": 32, "batch_size": 16, "repeats": 1}
-
-
-def export_untrained(export_dir: str) -> None:
-    """An untrained CancerNet (throughput does not depend on the weights), normalized by the
-    demo's train-split statistics. benchmarks.inference has the same; importing it would
-    define its flags, some with these names."""
-    import keras
-
-    from idc_engine import models
-    from idc_engine.training import export
-
-    keras.utils.set_random_seed(0)
-    build = lambda: models.build_model("cancernet", (50, 50, 3))
-    export.export_model(build(), build, export_dir, 50, [196.96, 145.51, 191.76],
-                        [43.72, 44.73, 28.95])
 
 
 def paths_to_time(served, images) -> dict:
@@ -69,18 +54,13 @@ def paths_to_time(served, images) -> dict:
 def main(argv) -> None:
     del argv
     from idc_engine.inference import serving
-    from idc_engine.training import run_dir
 
     absl_logging.set_verbosity(absl_logging.WARNING)
     quick.apply(QUICK_SIZES)
     work = tempfile.mkdtemp(prefix="idc_bench_tta_")
     try:
-        if FLAGS.model:
-            saved_model, source = run_dir.find_export(FLAGS.model).saved_model, FLAGS.model
-        else:
-            export_untrained(os.path.join(work, "export"))
-            saved_model, source = os.path.join(work, "export", "saved_model"), "untrained CancerNet"
-        served = serving.ServedModel(saved_model)
+        paths, source = untrained_model.benchmark_export(FLAGS.model, work)
+        served = serving.ServedModel(paths.saved_model)
         images = np.random.default_rng(0).integers(0, 256, (FLAGS.num_images, 50, 50, 3),
                                                    dtype=np.uint8)
         timed = paths_to_time(served, images)

@@ -23,6 +23,9 @@ class CrossvalConfig:
     crossval_bootstrap: int = cli.option(1000, "Bootstrap replicates over patients for the "
                                          "pooled out-of-fold 95% intervals (0: none).")
     crossval_seed: int = cli.option(0, "Seed of that bootstrap.")
+    crossval_fold_figures: bool = cli.option(True, "Each fold's evaluation draws its figures and "
+                                             "TensorBoard summaries (off: metrics.json and the "
+                                             "predictions only; the summary's figures stay).")
 
 
 def define_flags() -> None:
@@ -42,7 +45,8 @@ def main(argv) -> int:
     from idc_engine.evaluation import crossval  # TensorFlow loads only past this point
 
     summary = crossval.cross_validate(train_config, config.crossval_bootstrap,
-                                      config.crossval_seed)
+                                      config.crossval_seed,
+                                      fold_figures=config.crossval_fold_figures)
     print(summary["summary_text"])
     return 0
 

@@ -163,7 +163,7 @@ def test_tta_quick_times_every_path_on_an_untrained_export(tmp_path):
     check_figures(report["results"], [
         "none_images_per_s", "d4_one_call_images_per_s", "d4_8_calls_images_per_s",
         "cost_none_over_d4_one_call", "d4_one_call_over_8_calls"])
-    assert report["config"]["model"] == "untrained CancerNet"
+    assert report["config"]["model"].startswith("untrained CancerNet")
 
 
 def test_stain_quick_times_the_ops_the_references_and_the_training_step(tmp_path):

@@ -12,7 +12,7 @@
 
 No per-slide stall: a planner thread prepares and plans the next slide (open, thumbnail, tissue
 mask) and a writer thread writes the previous one's outputs (the heatmap's render among them)
-while this thread reads and serves the current one (--nooverlap_slides: in turn). A slide that
+while this thread reads and serves the current one (--overlap_slides=off: in turn). A slide that
 an earlier run left unfinished runs alone: nothing planned beside it, the previous outputs
 written first, so that when it crashes the process again only its own attempt is counted.
 
@@ -26,6 +26,8 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+
+from absl import logging as absl_logging
 
 from idc_engine.slides import cohort_locks, cohort_progress, cohort_table, outputs, reader, run
 
@@ -186,7 +188,7 @@ class _Cohort:
 
 
 class _InThisThread:
-    """An executor running each task at once, in the calling thread (--nooverlap_slides)."""
+    """An executor running each task at once, in the calling thread (slides in turn)."""
 
     def submit(self, fn, *args) -> concurrent.futures.Future:
         future = concurrent.futures.Future()
@@ -222,8 +224,9 @@ def run_cohort(slides: list, config, served, strategy, threshold, scale: dict, d
         progress.slide_done(job.slide, job.outcome, job.summary["tiles_read"] if job.summary
                             else 0)
 
+    absl_logging.info("slides overlap: %s (--overlap_slides)", config.overlap_slides)
     pool = lambda name: (concurrent.futures.ThreadPoolExecutor(1, name)  # noqa: E731
-                         if config.overlap_slides else _InThisThread())
+                         if config.overlap_slides == "on" else _InThisThread())
     planner, writer = pool("plan"), pool("write")
     upcoming = writing = None
     try:

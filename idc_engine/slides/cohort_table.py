@@ -124,15 +124,26 @@ def _figure(path: str, rows: list[dict]) -> None:
 
 
 def write_cohort(output_dir: str) -> dict:
-    """Rebuilds cohort.csv, cohort.json and the figure from OUT; returns the totals."""
+    """Rebuilds cohort.csv, cohort.json and the figure from OUT; returns the totals. Read
+    again after writing, and written again while that finds more: a worker that finished a
+    slide meanwhile may have written its table first, and this one must not leave an older
+    table over it."""
     rows = cohort_rows(output_dir)
+    for _ in range(5):
+        _write(output_dir, rows)
+        now = cohort_rows(output_dir)
+        if now == rows:
+            break
+        rows = now
+    return _totals(rows)
+
+
+def _write(output_dir: str, rows: list[dict]) -> None:
     with atomic_files.replace_atomically(os.path.join(output_dir, COHORT_CSV), shared=True,
                                          newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    totals = _totals(rows)
-    atomic_files.write_json_atomically(os.path.join(output_dir, COHORT_JSON), totals,
+    atomic_files.write_json_atomically(os.path.join(output_dir, COHORT_JSON), _totals(rows),
                                        shared=True)
     _figure(os.path.join(output_dir, COHORT_PNG), rows)
-    return totals

@@ -69,11 +69,12 @@ class SlideConfig:
     lock_expiry_seconds: float = cli.option(
         600.0, "A slide's lock (OUTPUT_DIR/.cohort/<name>.lock, touched by its holder every "
         "quarter of this) left this long untouched belongs to a killed worker and is broken.")
-    overlap_slides: bool = cli.option(
-        True, "Plan the next slide (open, thumbnail, tissue mask) and write the previous one's "
-        "outputs while the current one is read and served; --nooverlap_slides runs each slide's "
-        "phases strictly in turn. A slide a killed run left unfinished runs alone either way, "
-        "so that a slide that crashes the process is the one its attempts blame.")
+    overlap_slides: str = cli.option(
+        "on", "on: plan the next slide (open, thumbnail, tissue mask) and write the previous "
+        "one's outputs while the current one is read and served; off: each slide's phases in "
+        "turn (for a host whose every core the model keeps busy). A slide a killed run left "
+        "unfinished runs alone either way, so that a slide that crashes the process is the one "
+        "its attempts blame.")
     runtime: str = cli.option("auto", runtime_lib.HELP + " The int8 model runs on the CPU, "
                               "outside the strategy.")
 
@@ -101,6 +102,8 @@ class SlideConfig:
             (self.max_attempts >= 1, "--max_attempts must be >= 1"),
             (self.lock_expiry_seconds >= 1, "--lock_expiry_seconds must be >= 1"),
             (self.slide_timeout_seconds >= 0, "--slide_timeout_seconds must be >= 0"),
+            (self.overlap_slides in ("on", "off"),
+             f"--overlap_slides={self.overlap_slides!r}: use on or off"),
             (self.runtime in runtime_lib.RUNTIMES,
              f"--runtime={self.runtime!r}: use one of {', '.join(runtime_lib.RUNTIMES)}"))
         for ok, message in checks:

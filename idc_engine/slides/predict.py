@@ -6,6 +6,8 @@ Each batch of tiles (uint8 [B, size, size, 3] at the read level) is split betwee
 and runs the exported SavedModel's serving signature on it (the model evaluate and predict use).
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -66,12 +68,28 @@ def make_step(signature, strategy: tf.distribute.Strategy, patch_size: int, tile
     return step
 
 
+# The last traced step, so that a cohort's slides (one model, one tile size) share one trace:
+# (key, signature, strategy, step); one only, so that an earlier model is not kept alive.
+_last_step: tuple | None = None
+
+
+def _cached_step(signature, strategy: tf.distribute.Strategy, patch_size: int, tile_size: int,
+                 element_spec):
+    global _last_step
+    key = (patch_size, tile_size, repr(element_spec))
+    if _last_step is None or _last_step[0] != key or _last_step[1] is not signature or \
+            _last_step[2] is not strategy:
+        _last_step = (key, signature, strategy,
+                      make_step(signature, strategy, patch_size, tile_size, element_spec))
+    return _last_step[3]
+
+
 def predict_batches(dataset, signature, strategy: tf.distribute.Strategy, patch_size: int):
     """(index int64 [N], idc_probability float32 [N]) of every tile of the dataset's batches
     ((images, index) pairs), in no particular order (index says which tile)."""
     distributed = strategy.experimental_distribute_dataset(dataset)
-    step = make_step(signature, strategy, patch_size, dataset.element_spec[0].shape[1],
-                     distributed.element_spec)
+    step = _cached_step(signature, strategy, patch_size, dataset.element_spec[0].shape[1],
+                        distributed.element_spec)
     indices, probabilities = [], []
     for images, index in distributed:
         index, probability = step(images, index)
@@ -86,8 +104,7 @@ def predict_batches_on_host(dataset, served, patch_size: int):
     """(index int64 [N], idc_probability float32 [N]) of every tile of the dataset's batches
     ((images, index) pairs), served by a numpy model (uint8 [B, 50, 50, 3] -> float32 [B],
     e.g. the int8 model): the tiles resized on the CPU by TensorFlow, as predict_batches does."""
-    matrix = resize_matrix(dataset.element_spec[0].shape[1], patch_size)  # eagerly, once
-    resize = tf.function(lambda images: resize_to_patch(images, patch_size, matrix))
+    resize = _host_resize(dataset.element_spec[0].shape[1], patch_size)
     indices, probabilities = [], []
     for images, index in dataset:
         indices.append(index.numpy())
@@ -96,3 +113,12 @@ def predict_batches_on_host(dataset, served, patch_size: int):
     if not indices:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(indices), np.concatenate(probabilities).astype(np.float32)
+
+
+@functools.cache
+def _host_resize(tile_size: int, patch_size: int):
+    """uint8 [B, tile_size, tile_size, 3] -> uint8 [B, patch_size, patch_size, 3], traced once
+    per process for every batch size (each slide's would cost a trace)."""
+    matrix = resize_matrix(tile_size, patch_size)  # eagerly, once
+    return tf.function(lambda images: resize_to_patch(images, patch_size, matrix),
+                       input_signature=[tf.TensorSpec([None, tile_size, tile_size, 3], tf.uint8)])
