@@ -18,7 +18,14 @@ import pytest
 import slide_files
 
 from idc_engine.slides import cohort as cohort_module
-from idc_engine.slides import cohort_inputs, cohort_locks, cohort_progress, cohort_shards, cohort_table
+from idc_engine.slides import (
+    cohort_inputs,
+    cohort_locks,
+    cohort_progress,
+    cohort_shards,
+    cohort_table,
+    outputs,
+)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "openslide")
 BROKEN = os.path.join(FIXTURES, "unopenable.tiff")
@@ -220,7 +227,7 @@ def _processed(stdout: str) -> list[str]:
 def _outputs(out) -> dict:
     """{name: (summary.json's inode and bytes, tiles.csv bytes)} of the complete outputs."""
     found = {}
-    for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+    for name in outputs.slide_names(out) if os.path.isdir(out) else []:
         summary = os.path.join(out, name, "summary.json")
         if os.path.isfile(summary):
             with open(summary, "rb") as f, open(os.path.join(out, name, "tiles.csv"), "rb") as t:
@@ -430,3 +437,12 @@ def test_the_progress_bar_is_drawn_in_place_on_a_terminal_and_logged_otherwise(t
     assert "\n" not in drawn[:-1]  # one line, redrawn
     assert log.getvalue() == ""  # the log lines went to absl's log instead
 
+
+
+def test_a_staging_folder_with_its_summary_written_is_not_a_slide(tmp_path):
+    """A kill between summary.json's write and the staging folder's rename leaves
+    NAME.partial/summary.json: neither the table nor a rerun's count may take it for a slide."""
+    for name in ("a", "a.partial", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"slide": f"/data/{name}.svs"}))
+    assert outputs.slide_names(str(tmp_path)) == ["a", "b"]

@@ -225,8 +225,9 @@ def run_cohort(slides: list, config, served, strategy, threshold, scale: dict, d
                             else 0)
 
     absl_logging.info("slides overlap: %s (--overlap_slides)", config.overlap_slides)
+    overlap = config.overlap_slides == "on"
     pool = lambda name: (concurrent.futures.ThreadPoolExecutor(1, name)  # noqa: E731
-                         if config.overlap_slides == "on" else _InThisThread())
+                         if overlap else _InThisThread())
     planner, writer = pool("plan"), pool("write")
     upcoming = writing = None
     try:
@@ -238,7 +239,7 @@ def run_cohort(slides: list, config, served, strategy, threshold, scale: dict, d
                 writing = None
             if job.outcome is None and job.plan is None:
                 cohort.plan(job)
-            if not alone and i + 1 < len(slides):
+            if overlap and not alone and i + 1 < len(slides):
                 upcoming = planner.submit(cohort.prepare, slides[i + 1])
             if job.plan is not None:
                 cohort.infer(job)

@@ -33,13 +33,12 @@ COLUMNS = ("slide", "name", "status", "message", "tissue_mm2", "idc_mm2", "idc_f
 def _summaries(output_dir: str) -> dict[str, tuple[dict, float]]:
     """{folder name: (summary.json, its mtime)} of every complete slide output in OUT."""
     found = {}
-    pattern = os.path.join(glob.escape(output_dir), "*", outputs.SUMMARY_JSON)
-    for path in glob.glob(pattern):
-        name = os.path.basename(os.path.dirname(path))
+    for name in outputs.slide_names(output_dir):
         summary = outputs.read_summary(output_dir, name)
         try:
             if summary is not None:
-                found[name] = (summary, os.stat(path).st_mtime)
+                found[name] = (summary, os.stat(os.path.join(
+                    output_dir, name, outputs.SUMMARY_JSON)).st_mtime)
         except OSError:
             continue
     return found

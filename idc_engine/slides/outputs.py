@@ -17,6 +17,7 @@ folder of its own, and an earlier run's complete one as it was, never old and ne
 """
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -92,6 +93,15 @@ def slide_output_name(slide_path: str) -> str:
     slide has: slides/cohort_locks.claim_name)."""
     name = os.path.basename(slide_path)
     return name.split(".")[0] or name
+
+
+def slide_names(output_dir: str) -> list[str]:
+    """The output folders in OUT that hold a summary.json, sorted: not NAME.partial, a run's
+    staging folder (a slide's name stops at its file name's first dot), which holds one too
+    from the moment summary.json is written until the folder takes its name."""
+    pattern = os.path.join(glob.escape(output_dir), "*", SUMMARY_JSON)
+    return sorted(name for name in (os.path.basename(os.path.dirname(path))
+                                    for path in glob.glob(pattern)) if "." not in name)
 
 
 @contextlib.contextmanager

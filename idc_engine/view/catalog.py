@@ -12,7 +12,6 @@ every URL of its files, so a browser may cache them for good, and a rerun change
 
 import dataclasses
 import datetime
-import glob
 import hashlib
 import os
 import urllib.parse
@@ -106,10 +105,7 @@ def load_catalog(output_dir: str) -> dict[str, CatalogSlide]:
     if not os.path.isdir(output_dir):
         raise ViewError(f"{output_dir}: no such directory (give the --output_dir idc-slide "
                         "wrote into)")
-    pattern = os.path.join(glob.escape(output_dir), "*", outputs.SUMMARY_JSON)
-    # a slide's folder name stops at its file name's first dot: NAME.partial is a run's staging
-    names = sorted(name for name in (os.path.basename(os.path.dirname(p))
-                                     for p in glob.glob(pattern)) if "." not in name)
+    names = outputs.slide_names(output_dir)
     catalog = {}
     for name in names:
         entry = load_slide(output_dir, name)
