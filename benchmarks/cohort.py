@@ -63,18 +63,19 @@ QUICK_SIZES = {"num_slides": 4, "min_tiles": 40, "max_tiles": 300, "batch_size":
 SIZE_CLASSES = ((0, 1000), (1000, 3000), (3000, 10000), (10000, 10**9))
 
 
-def _write_cohort(folder: str, pool: np.ndarray) -> tuple[list[str], list[str]]:
-    """(readable slides, broken files) written into `folder`, listed in a shuffled order."""
+def _write_cohort(folder: str, pool: np.ndarray) -> tuple[list[str], list[str], int]:
+    """(readable slides, broken files, the slides' tissue cells in all) written into
+    `folder`."""
     os.makedirs(folder)
     sizes = np.geomspace(FLAGS.min_tiles, FLAGS.max_tiles, FLAGS.num_slides).round().astype(int)
-    slides = []
+    slides, cells = [], 0
     for i, tiles in enumerate(sizes):
         path = os.path.join(folder, f"slide_{i:02d}_{tiles}.tiff")
-        generated_slides.write_ellipse_slide(
+        cells += generated_slides.write_ellipse_slide(
             path, generated_slides.grid_for_cells(int(tiles)), FLAGS.um_per_pixel, pool, 97 * i)
         slides.append(path)
     broken = _write_broken(folder, slides[0])[:FLAGS.num_broken]
-    return slides, broken
+    return slides, broken, cells
 
 
 def _write_broken(folder: str, good: str) -> list[str]:
@@ -182,11 +183,9 @@ def _check_same_outputs(one: str, two: str) -> int:
 def _write_inputs(work: str) -> dict:
     """The cohort's list (shuffled, broken files among the slides) and the large slide's."""
     pool = generated_slides.patch_pool(work)
-    slides, broken = _write_cohort(os.path.join(work, "cohort"), pool)
+    slides, broken, cells = _write_cohort(os.path.join(work, "cohort"), pool)
     order = slides + broken
     random.Random(0).shuffle(order)
-    cells = sum(len(generated_slides.ellipse_cells(generated_slides.grid_for_cells(
-        int(t)))) for t in np.geomspace(FLAGS.min_tiles, FLAGS.max_tiles, FLAGS.num_slides).round())
     large = os.path.join(work, "large", "large.tiff")
     os.makedirs(os.path.dirname(large))
     generated_slides.write_ellipse_slide(large, generated_slides.grid_for_cells(cells),

@@ -306,18 +306,14 @@ def test_a_tile_openslide_cannot_decode_is_500_and_the_tiles_after_it_are_served
 
 def test_a_request_for_another_host_name_is_403(served):
     """A page of another site that rebinds its name to 127.0.0.1 sends its own name as Host."""
-    for host in ("evil.example", "evil.example:8765", "127.0.0.1.evil.example"):
-        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
-        try:
-            connection.request("GET", "/api/slides", headers={"Host": host})
-            assert connection.getresponse().status == 403, host
-        finally:
-            connection.close()
     # negative control: local names, on any port (an SSH tunnel's local port may differ)
-    for host in ("127.0.0.1:9000", "localhost", "[::1]:8765"):
+    expected = {**dict.fromkeys(("evil.example", "evil.example:8765", "127.0.0.1.evil.example"),
+                                403),
+                **dict.fromkeys(("127.0.0.1:9000", "localhost", "[::1]:8765"), 200)}
+    for host, status in expected.items():
         connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
         try:
             connection.request("GET", "/api/slides", headers={"Host": host})
-            assert connection.getresponse().status == 200, host
+            assert connection.getresponse().status == status, host
         finally:
             connection.close()

@@ -86,11 +86,11 @@ class _Cohort:
         self.threshold, self.scale, self.devices = threshold, scale, devices
         self.wanted, self.runtime = wanted, runtime
 
-    def prepare(self, slide: str, alone_if_suspect: bool = True) -> SlideJob:
+    def prepare(self, slide: str) -> SlideJob:
         """Name, lock, the give-up check and the attempt counted (before OpenSlide first opens
         the file, which can crash the process), then plan(); a slide an earlier run left
-        unfinished is not planned when `alone_if_suspect` (no plan, no outcome): plan() it
-        alone. The planner thread's work."""
+        unfinished is not planned (no plan, no outcome): plan() it alone. The planner
+        thread's work."""
         out = self.config.output_dir
         job = SlideJob(slide, cohort_locks.claim_name(out, slide))
         lock = cohort_locks.SlideLock(out, job.name, self.config.lock_expiry_seconds)
@@ -100,7 +100,7 @@ class _Cohort:
         job.lock = lock
         if not self._count_attempt(job):
             return self._end(job, "error", cohort_locks.read_attempts(out, job.name)["error"])
-        return job if job.earlier_attempts and alone_if_suspect else self.plan(job)
+        return job if job.earlier_attempts else self.plan(job)
 
     def plan(self, job: SlideJob) -> SlideJob:
         """Skipped if complete (its attempt uncounted), else run.plan_slide."""

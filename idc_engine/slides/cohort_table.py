@@ -129,20 +129,23 @@ def write_cohort(output_dir: str) -> dict:
     table over it."""
     rows = cohort_rows(output_dir)
     for _ in range(5):
-        _write(output_dir, rows)
+        totals = _write(output_dir, rows)
         now = cohort_rows(output_dir)
         if now == rows:
             break
         rows = now
-    return _totals(rows)
+    return totals
 
 
-def _write(output_dir: str, rows: list[dict]) -> None:
+def _write(output_dir: str, rows: list[dict]) -> dict:
+    """The three files from `rows`; returns the totals written to cohort.json."""
     with atomic_files.replace_atomically(os.path.join(output_dir, COHORT_CSV), shared=True,
                                          newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    atomic_files.write_json_atomically(os.path.join(output_dir, COHORT_JSON), _totals(rows),
+    totals = _totals(rows)
+    atomic_files.write_json_atomically(os.path.join(output_dir, COHORT_JSON), totals,
                                        shared=True)
     _figure(os.path.join(output_dir, COHORT_PNG), rows)
+    return totals

@@ -68,20 +68,9 @@ def make_step(signature, strategy: tf.distribute.Strategy, patch_size: int, tile
     return step
 
 
-# The last traced step, so that a cohort's slides (one model, one tile size) share one trace:
-# (key, signature, strategy, step); one only, so that an earlier model is not kept alive.
-_last_step: tuple | None = None
-
-
-def _cached_step(signature, strategy: tf.distribute.Strategy, patch_size: int, tile_size: int,
-                 element_spec):
-    global _last_step
-    key = (patch_size, tile_size, repr(element_spec))
-    if _last_step is None or _last_step[0] != key or _last_step[1] is not signature or \
-            _last_step[2] is not strategy:
-        _last_step = (key, signature, strategy,
-                      make_step(signature, strategy, patch_size, tile_size, element_spec))
-    return _last_step[3]
+# The last traced step only, so that a cohort's slides (one model, one tile size) share one
+# trace and an earlier model is not kept alive.
+_cached_step = functools.lru_cache(maxsize=1)(make_step)
 
 
 def predict_batches(dataset, signature, strategy: tf.distribute.Strategy, patch_size: int):
